@@ -1,0 +1,3 @@
+from d3hr.cli import main
+
+raise SystemExit(main())

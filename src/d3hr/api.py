@@ -1,0 +1,73 @@
+"""The Python API: one function per CLI stage, each taking a Config (or keyword overrides) and a run folder."""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from d3hr.config import Config, load_config, nest
+from d3hr.distill.pipeline import Run
+from d3hr.utils.io import load_tensors, read_json
+
+
+def _config(cfg: Config | None, overrides: dict[str, Any]) -> Config:
+    """Copy ``cfg`` (or the defaults) and apply dotted keyword overrides such as ``select__ipc=1`` or 'select.ipc'."""
+    items = [nest(k.replace("__", "."), v) for k, v in overrides.items()]
+    return load_config(None, items, base=copy.deepcopy(cfg) if cfg is not None else None)
+
+
+def train_generator(cfg: Config | None = None, **overrides: Any) -> Path:
+    """Train (or reuse from the cache) the small generator for the run's dataset; returns its directory."""
+    run = Run(_config(cfg, overrides))
+    with run.locked():
+        return run.stage_generator()
+
+
+def invert(cfg: Config | None = None, **overrides: Any) -> Path:
+    """Encode, invert to level K and fit per-class statistics; returns RUN/stats.safetensors."""
+    run = Run(_config(cfg, overrides))
+    with run.locked():
+        return run.stage_invert()
+
+
+def select(cfg: Config | None = None, **overrides: Any) -> Path:
+    """Group sampling (or Base-RS); returns RUN/selection.safetensors."""
+    run = Run(_config(cfg, overrides))
+    with run.locked():
+        return run.stage_select()
+
+
+def generate(cfg: Config | None = None, **overrides: Any) -> Path:
+    """Sample the selected latents back to images; returns RUN/images."""
+    run = Run(_config(cfg, overrides))
+    with run.locked():
+        path = run.stage_generate()
+        run.write_manifest()
+        return path
+
+
+def distill(cfg: Config | None = None, **overrides: Any) -> dict[str, Any]:
+    """Run every stage (skipping unchanged ones) and write the manifest; returns a summary of what was written."""
+    run = Run(_config(cfg, overrides))
+    t0 = time.time()
+    with run.locked():
+        run.stage_generate()
+        manifest = run.write_manifest()
+    root = run.root
+    return {"run": str(root), "images": str(root / "images"), "stats": str(root / "stats.safetensors"),
+            "selection": str(root / "selection.safetensors"), "manifest": str(manifest),
+            "config": str(root / "config.yaml"), "generator": str(run.generator_dir()),
+            "seconds": round(time.time() - t0, 1), "stages": run.state()}
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """Read a run folder: its config, manifest, statistics and selection (tensors as torch tensors)."""
+    root = Path(path)
+    out: dict[str, Any] = {"config": load_config(root / "config.yaml"), "manifest": read_json(root / "manifest.json")}
+    for name in ("stats", "selection"):
+        f = root / f"{name}.safetensors"
+        if f.is_file():
+            out[name] = load_tensors(f)
+    return out

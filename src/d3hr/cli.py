@@ -1,0 +1,108 @@
+"""The d3hr command line: parse, build a Config, call the library, print a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from d3hr import api
+from d3hr.config import Config, load_config, nest, parse_override
+from d3hr.errors import D3HRError
+
+STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select": api.select,
+          "generate": api.generate}
+
+# CLI flag -> dotted config key.
+FLAGS = {"dataset": "data.name", "root": "data.root", "download": "data.download", "limit": "data.limit",
+         "image_size": "data.image_size", "generator": "generator.path", "class_map": "generator.class_map",
+         "ipc": "select.ipc", "strategy": "select.strategy", "candidates": "select.candidates",
+         "pools": "select.pools", "inversion_steps": "diffusion.inversion_steps",
+         "num_steps": "diffusion.num_steps", "guidance": "diffusion.guidance_scale",
+         "precision": "diffusion.precision", "seed": "seed", "device": "device"}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", "-o", help="run folder (default: runs/<dataset>-ipc<ipc>)")
+    p.add_argument("--config", help="YAML config file (defaults < RUN/config.yaml < this file < flags)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set select.candidates=1000 (repeatable)")
+    p.add_argument("--dataset", help="digits | fashion-mnist | mnist | cifar10 | cifar100 | imagefolder")
+    p.add_argument("--root", help="dataset folder (imagefolder, torchvision roots, IDX files)")
+    p.add_argument("--download", action="store_true", default=None, help="let torchvision download the dataset")
+    p.add_argument("--limit", type=int, help="use only the first N training images")
+    p.add_argument("--image-size", type=int, help="generator input size")
+    p.add_argument("--generator", help="diffusers directory or hub id with vae/ and transformer/")
+    p.add_argument("--class-map", help="'imagenet' or a JSON file {class name: generator label}")
+    p.add_argument("--ipc", type=int, help="images per class")
+    p.add_argument("--strategy", choices=["group", "random"], help="group sampling (D3HR) or random (Base-RS)")
+    p.add_argument("--candidates", type=int, help="candidate groups per class (m)")
+    p.add_argument("--pools", type=int, help="independent candidate pools shared among classes")
+    p.add_argument("--inversion-steps", type=int, help="K: DDIM steps walked by inversion and sampling")
+    p.add_argument("--num-steps", type=int, help="N: DDIM grid size")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="precision of model calls in the diffusion loops")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="d3hr", description="Dataset distillation with diffusion models (D3HR).")
+    parser.add_argument("--version", action="version", version=f"d3hr {__import__('d3hr').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("distill", help="run every stage (unchanged stages are skipped)")
+    _add_common(p)
+    for name, fn in STAGES.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+        _add_common(p)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Defaults, then RUN/config.yaml if the run exists, then --config, then flags and --set overrides."""
+    overrides: list[dict[str, Any]] = []
+    for flag, key in FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(nest(key, value))
+    overrides += [nest(*parse_override(s)) for s in args.set]
+    base = None
+    if args.out and (Path(args.out) / "config.yaml").is_file():
+        base = load_config(Path(args.out) / "config.yaml")
+        if args.dataset and args.dataset != base.data.name:
+            base = None  # a different dataset in the same folder starts from the defaults
+    cfg = load_config(args.config, overrides, base=base)
+    if args.out:
+        cfg.out = args.out
+    elif base is None:
+        cfg.out = f"runs/{cfg.data.name}-ipc{cfg.select.ipc}"
+    return cfg
+
+
+def _summary(cfg: Config) -> str:
+    root = Path(cfg.out)
+    lines = ["", f"d3hr: wrote run {root}"]
+    for name, what in (("images", "distilled images (ImageFolder of PNGs)"),
+                       ("stats.safetensors", "per-class statistics in the inverted domain"),
+                       ("selection.safetensors", "selected latents"), ("manifest.json", "manifest with sha256"),
+                       ("config.yaml", "resolved config")):
+        if (root / name).exists():
+            lines.append(f"  {what:<44} {root / name}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        fn = api.distill if args.command == "distill" else STAGES[args.command]
+        fn(cfg)
+    except D3HRError as exc:
+        print(f"d3hr: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("d3hr: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(_summary(cfg))
+    return 0

@@ -1,0 +1,266 @@
+"""Run configuration: dataclasses with the paper's defaults, YAML in, resolved YAML out, dotted overrides."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from d3hr.errors import D3HRError
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how images are fitted to the generator."""
+
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    limit: int | None = None  # use only the first `limit` training images (in dataset order)
+    image_size: int | None = None  # generator input size; None: the dataset's default
+    fit: str = "auto"  # pad | resize | auto (pad for the MNIST family, resize otherwise)
+
+
+@dataclass
+class VAEConfig:
+    """Small AutoencoderKL trained here (ignored for a pretrained generator)."""
+
+    block_out_channels: list[int] | None = None  # None: the dataset preset; one downsample per extra block
+    latent_channels: int = 4
+    layers_per_block: int = 1
+    epochs: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    kl_weight: float = 1e-4
+
+
+@dataclass
+class DiTConfig:
+    """Small class-conditional DiTTransformer2DModel trained here (ignored for a pretrained generator)."""
+
+    num_layers: int | None = None
+    num_attention_heads: int = 4
+    attention_head_dim: int | None = None
+    patch_size: int | None = None
+    epochs: int | None = None
+    batch_size: int = 128
+    lr: float = 3e-4
+    ema_decay: float = 0.999
+    label_dropout: float = 0.1  # share of null labels in training, for classifier-free guidance
+
+
+@dataclass
+class GeneratorConfig:
+    """A pretrained diffusers generator (`path`) or a small one trained on the dataset."""
+
+    path: str | None = None  # diffusers directory or hub id with vae/ and transformer/
+    class_map: str | None = None  # 'imagenet' or a JSON file: class name -> generator label index
+    cache_dir: str | None = None  # where trained generators are cached; default $D3HR_CACHE or ~/.cache/d3hr
+    precision: str = "fp32"  # training autocast: fp32 | bf16 (bf16 measured slower for these small models on CPU)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+
+
+@dataclass
+class DiffusionConfig:
+    """DDIM inversion and sampling (DESIGN.md section 2)."""
+
+    num_steps: int = 50  # N: DDIM grid steps over the generator's training timesteps
+    inversion_steps: int = 31  # K: grid steps walked up by inversion and back down by sampling
+    guidance_scale: float = 4.0  # classifier-free guidance, same scale both ways (authors: 4.0 for DiT-XL/2)
+    encode: str = "mean"  # mean (posterior mean, deterministic) | sample (seeded posterior sample)
+    batch_size: int = 256  # images per inversion batch (fixed work unit for streaming moments)
+    precision: str = "fp32"  # fp32 | bf16 (autocast) for the model calls in inversion and sampling
+
+
+@dataclass
+class SelectConfig:
+    """Group sampling (D3HR) or plain random sampling (Base-RS) in the inverted domain."""
+
+    strategy: str = "group"  # group | random (Base-RS)
+    ipc: int = 10
+    candidates: int = 10000  # m: candidate groups per class
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.5])  # lambda_mu, lambda_sigma, lambda_gamma
+    pools: int | None = None  # independent candidate pools shared by classes; None: one per class
+    chunk: int = 1024  # candidates scored at once (memory only; never changes the result)
+
+
+@dataclass
+class GenerateConfig:
+    """Sampling back to images and saving them."""
+
+    batch_size: int = 100
+    save_size: int | None = None  # saved image side; None: the dataset's native resolution
+
+
+@dataclass
+class Config:
+    """The whole run: written resolved to RUN/config.yaml."""
+
+    out: str = "runs/default"
+    seed: int = 0
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> D3HRError:
+    near = difflib.get_close_matches(key, valid, n=1)
+    hint = f"; did you mean '{where}{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
+    return D3HRError(f"unknown config key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check and convert a YAML/CLI value to the annotated type, or raise a one-line error."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise D3HRError(f"config '{name}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], name) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise D3HRError(f"config '{name}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise D3HRError(f"config '{name}' must be an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise D3HRError(f"config '{name}' must be an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise D3HRError(f"config '{name}' must be an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        if isinstance(value, bool):
+            raise D3HRError(f"config '{name}' must be a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise D3HRError(f"config '{name}' must be a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise D3HRError(f"config '{name}' must be a string, got {value!r}")
+        return str(value)
+    raise D3HRError(f"config '{name}' has an unsupported type")
+
+
+def _apply(obj: Any, data: dict[str, Any], where: str = "") -> None:
+    if not isinstance(data, dict):
+        raise D3HRError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    types_ = _field_types(type(obj))
+    for key, value in data.items():
+        if not isinstance(key, str) or key not in types_:
+            raise _unknown_key(str(key), list(types_), where)
+        current = getattr(obj, key)
+        if is_dataclass(current):
+            _apply(current, value, f"{where}{key}.")
+        else:
+            setattr(obj, key, _coerce(value, types_[key], f"{where}{key}"))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split 'a.b=value' and parse the value as YAML (so 3, 0.5, true, null and [1,2] work)."""
+    if "=" not in text:
+        raise D3HRError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def nest(key: str, value: Any) -> dict[str, Any]:
+    """'a.b.c', v -> {'a': {'b': {'c': v}}}."""
+    out: dict[str, Any] = {}
+    node = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    base: Config | None = None,
+) -> Config:
+    """Defaults (or ``base``), then a YAML file, then override mappings, validated."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
+    if path is not None:
+        try:
+            text = Path(path).read_text()
+        except FileNotFoundError:
+            raise D3HRError(f"config file not found: {path}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else "malformed YAML"
+            raise D3HRError(f"config file {path} is not valid YAML: {first}") from None
+        if data is not None:
+            _apply(cfg, data)
+    for item in overrides or []:
+        _apply(cfg, item)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Reject values that cannot run, with a one-line error naming the value."""
+    d, s = cfg.diffusion, cfg.select
+    checks = [
+        (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),
+        (s.candidates >= 1, f"select.candidates must be >= 1, got {s.candidates}"),
+        (s.chunk >= 1, f"select.chunk must be >= 1, got {s.chunk}"),
+        (s.pools is None or s.pools >= 1, f"select.pools must be >= 1, got {s.pools}"),
+        (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),
+        (all(w >= 0 for w in s.weights), f"select.weights must be >= 0, got {s.weights}"),
+        (s.strategy in ("group", "random"), f"select.strategy must be group or random, got '{s.strategy}'"),
+        (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
+        (0 <= d.inversion_steps < d.num_steps,
+         f"diffusion.inversion_steps (K={d.inversion_steps}) must be in [0, num_steps={d.num_steps})"),
+        (d.guidance_scale >= 0, f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
+        (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got '{d.encode}'"),
+        (d.batch_size >= 1, f"diffusion.batch_size must be >= 1, got {d.batch_size}"),
+        (d.precision in ("fp32", "bf16"), f"diffusion.precision must be fp32 or bf16, got '{d.precision}'"),
+        (cfg.generator.precision in ("fp32", "bf16"),
+         f"generator.precision must be fp32 or bf16, got '{cfg.generator.precision}'"),
+        (cfg.data.fit in ("auto", "pad", "resize"), f"data.fit must be auto, pad or resize, got '{cfg.data.fit}'"),
+        (cfg.data.limit is None or cfg.data.limit >= 1, f"data.limit must be >= 1, got {cfg.data.limit}"),
+        (cfg.generate.batch_size >= 1, f"generate.batch_size must be >= 1, got {cfg.generate.batch_size}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise D3HRError(msg)

@@ -1,0 +1,1 @@
+"""Per-class statistics, group sampling and the staged distillation pipeline."""

@@ -1,0 +1,129 @@
+"""Group sampling (D3HR, Sec. 4.3): keep, per class, the candidate group whose moments best match the class.
+
+For class c with per-dimension mean mu, std sigma and skewness gamma, a candidate group is x = mu + sigma * z with
+z (ipc, D) ~ N(0, I). Its loss is
+
+    L = l_mu ||mean(x) - mu||_2 + l_sigma ||std(x) - sigma||_2 + l_gamma ||skew(x) - gamma||_2.
+
+Since mean(x) - mu = sigma * mean(z), std(x) - sigma = sigma * (std(z) - 1) and skew(x) = skew(z), the statistics
+of z score every class at once:  ||sigma * a||^2 = (a^2) @ (sigma^2)  and
+||g - gamma||^2 = |g|^2 - 2 g @ gamma + |gamma|^2, so a chunk of m candidates against C classes is three
+(m x D) @ (D x C) products. Candidates are drawn in fixed blocks from seeds derived from (seed, pool, block), so the
+choice does not depend on the chunk size or on how classes are spread over processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from d3hr.utils.seeding import generator_for
+
+DRAW_BLOCK = 64  # candidates drawn per seeded generator call
+
+
+@dataclass
+class Selection:
+    """Chosen groups: x (C, ipc, D) in the inverted domain, and which candidate of which pool each came from."""
+
+    x: torch.Tensor  # (C, ipc, D) float32
+    index: torch.Tensor  # (C,) int64 candidate index within the pool
+    pool: torch.Tensor  # (C,) int64 pool each class drew from
+    loss: torch.Tensor  # (C,) float32 loss of the chosen group
+    loss_first: torch.Tensor  # (C,) float32 loss of candidate 0 (the Base-RS group), for reference
+
+
+def group_z_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-dimension statistics of standard-normal groups z (m, ipc, D).
+
+    Returns mean(z), std(z) - 1 (unbiased std) and skew(z) (Fisher, biased), each (m, D). With ipc = 1 the std
+    and skewness are undefined and returned as zeros (only the mean term can score a single image).
+    """
+    ipc = z.shape[1]
+    zbar = z.mean(dim=1)  # (m, D)
+    if ipc == 1:
+        zeros = torch.zeros_like(zbar)
+        return zbar, zeros, zeros
+    d = z - zbar[:, None, :]  # (m, ipc, D)
+    d2 = d * d
+    m2 = d2.mean(dim=1)
+    m3 = (d2 * d).mean(dim=1)
+    std = (m2 * (ipc / (ipc - 1))).sqrt()
+    skew = m3 / m2.clamp_min(torch.finfo(z.dtype).tiny).pow(1.5)
+    return zbar, std - 1.0, skew
+
+
+def group_loss(zbar: torch.Tensor, zstd1: torch.Tensor, zskew: torch.Tensor, sigma: torch.Tensor,
+               gamma: torch.Tensor, weights: tuple[float, float, float]) -> torch.Tensor:
+    """Loss of m candidates for C classes as matrix products: z-stats (m, D), sigma and gamma (C, D) -> (m, C)."""
+    l_mu, l_sigma, l_gamma = weights
+    s2 = (sigma * sigma).T  # (D, C)
+    loss = l_mu * ((zbar * zbar) @ s2).clamp_min(0).sqrt()
+    loss = loss + l_sigma * ((zstd1 * zstd1) @ s2).clamp_min(0).sqrt()
+    g2 = (zskew * zskew).sum(dim=1, keepdim=True) - 2.0 * zskew @ gamma.T + (gamma * gamma).sum(dim=1)[None, :]
+    return loss + l_gamma * g2.clamp_min(0).sqrt()
+
+
+def group_loss_reference(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor,
+                         weights: tuple[float, float, float]) -> torch.Tensor:
+    """The paper's loss computed directly from groups x (m, ipc, D) of one class, in float64: (m,)."""
+    x = x.to(torch.float64)
+    m = x.mean(dim=1)
+    s = x.std(dim=1, unbiased=True)
+    d = x - m[:, None]
+    g = (d**3).mean(dim=1) / (d**2).mean(dim=1).pow(1.5)
+    l_mu, l_sigma, l_gamma = weights
+    return (l_mu * (m - mu).norm(dim=1) + l_sigma * (s - sigma).norm(dim=1) + l_gamma * (g - gamma).norm(dim=1))
+
+
+def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim: int) -> torch.Tensor:
+    """Candidates [start, start + count) of a pool as z (count, ipc, D); ``start`` must be a multiple of DRAW_BLOCK."""
+    blocks = []
+    first = start // DRAW_BLOCK
+    last = (start + count - 1) // DRAW_BLOCK
+    for b in range(first, last + 1):
+        g = generator_for(seed, "pool", pool, "block", b)
+        blocks.append(torch.randn(DRAW_BLOCK, ipc, dim, generator=g))
+    z = torch.cat(blocks)  # (blocks * DRAW_BLOCK, ipc, D)
+    return z[: count]
+
+
+def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc: int, candidates: int,
+                  weights: tuple[float, float, float], seed: int, pools: int | None = None, chunk: int = 1024,
+                  strategy: str = "group", progress: Callable[[int], None] | None = None) -> Selection:
+    """Choose one group of ``ipc`` latents per class from class Gaussians (mean, std, skew: (C, D)).
+
+    ``strategy='random'`` is Base-RS: candidate 0 of each class's pool, no search. ``pools`` = k shares k candidate
+    pools among the classes (class c uses pool c mod k); None gives every class its own. ``progress`` is called with
+    the number of classes finished.
+    """
+    num_classes, dim = mean.shape
+    k = num_classes if pools is None else min(pools, num_classes)
+    m = 1 if strategy == "random" else candidates
+    chunk = max(DRAW_BLOCK, (chunk // DRAW_BLOCK) * DRAW_BLOCK)
+    sigma, gamma = std.float(), skew.float()
+    best_loss = torch.full((num_classes,), float("inf"))
+    best_index = torch.zeros(num_classes, dtype=torch.long)
+    loss_first = torch.zeros(num_classes)
+    best_z = torch.zeros(num_classes, ipc, dim)
+    for p in range(k):
+        cls = torch.arange(p, num_classes, k)  # classes sharing pool p
+        for start in range(0, m, chunk):
+            count = min(chunk, m - start)
+            z = draw_candidates(seed, p, start, count, ipc, dim)  # (count, ipc, D)
+            loss = group_loss(*group_z_stats(z), sigma[cls], gamma[cls], weights)  # (count, |cls|)
+            if start == 0:
+                loss_first[cls] = loss[0]
+            value, idx = loss.min(dim=0)  # first minimum within the chunk
+            better = value < best_loss[cls]
+            if bool(better.any()):
+                upd = cls[better]
+                best_loss[upd] = value[better]
+                best_index[upd] = idx[better] + start
+                best_z[upd] = z[idx[better]]
+        if progress is not None:
+            progress(len(cls))
+    x = mean.float()[:, None, :] + std.float()[:, None, :] * best_z  # (C, ipc, D)
+    return Selection(x, best_index, torch.arange(num_classes) % k, best_loss, loss_first)

@@ -1,0 +1,420 @@
+"""The staged pipeline: generator -> invert (stats) -> select -> generate, each skipped when unchanged.
+
+Each stage has a key: the sha256 of its configuration and of the keys of the stages it reads. A stage whose key
+matches RUN/stages.json and whose outputs exist is skipped; one that changed is redone, and so is everything after
+it. Long stages write resumable partial state, and every artifact is written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from d3hr import __version__
+from d3hr.config import Config, validate
+from d3hr.data import fit_to_model, fit_to_saved, load_dataset, resolve_presets, safe_class_dir
+from d3hr.data.images import ImageSet
+from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
+from d3hr.distill.group import select_groups
+from d3hr.distill.moments import Moments, normality_summary
+from d3hr.errors import D3HRError
+from d3hr.generator import Generator, build_small, load_generator, save_generator
+from d3hr.generator.train import encode_dataset, train_dit, train_vae
+from d3hr.utils.io import (load_tensors, read_json, replace_dir, save_tensors, sha256_file, sha256_json,
+                           write_json, write_text)
+from d3hr.utils.progress import progress, say
+from d3hr.utils.seeding import generator_for
+
+FORMAT_VERSION = 1
+STAGES = ("generator", "invert", "select", "generate")
+CHECKPOINT_SECONDS = 30.0  # inversion writes its partial moments at most this often
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def cache_root(cfg: Config) -> Path:
+    """Where trained generators are cached: generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr."""
+    if cfg.generator.cache_dir:
+        return Path(cfg.generator.cache_dir)
+    return Path(os.environ.get("D3HR_CACHE") or Path.home() / ".cache" / "d3hr")
+
+
+class Run:
+    """A run folder (DESIGN.md section 1) and the bookkeeping of its stages."""
+
+    def __init__(self, cfg: Config):
+        if cfg.generator.path is None:
+            resolve_presets(cfg)
+        validate(cfg)
+        self.cfg = cfg
+        self.root = Path(cfg.out)
+        self.device = torch.device(cfg.device)
+        self._train: ImageSet | None = None
+        self._gen: Generator | None = None
+        self._lock_fd: int | None = None
+
+    # ----- bookkeeping -------------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stages.json"
+
+    def state(self) -> dict[str, Any]:
+        return read_json(self.state_file) if self.state_file.is_file() else {}
+
+    def _record(self, stage: str, key: str, seconds: float, **extra: Any) -> None:
+        state = self.state()
+        state[stage] = {"key": key, "seconds": round(seconds, 2), "peak_rss_mb": round(_peak_rss_mb(), 1), **extra}
+        write_json(self.state_file, state)
+
+    def _done(self, stage: str, key: str, outputs: list[Path]) -> bool:
+        rec = self.state().get(stage)
+        return bool(rec and rec.get("key") == key and all(p.exists() for p in outputs))
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold RUN/.lock for the duration: a second process writing the same run refuses to start."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise D3HRError(f"run folder {self.root} is in use by another d3hr process") from None
+        try:
+            write_text(self.root / "config.yaml", self.cfg.to_yaml())
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    # ----- shared inputs -----------------------------------------------------------------------------------
+    @property
+    def train_set(self) -> ImageSet:
+        if self._train is None:
+            self._train = load_dataset(self.cfg.data, "train")
+        return self._train
+
+    def data_identity(self) -> dict[str, Any]:
+        d = self.cfg.data
+        root = str(Path(d.root).resolve()) if d.root else None
+        return {"name": d.name, "root": root, "limit": d.limit, "image_size": d.image_size, "fit": d.fit}
+
+    def generator_key(self) -> str:
+        g = self.cfg.generator
+        if g.path is not None:
+            return sha256_json({"pretrained": str(Path(g.path).resolve()) if Path(g.path).exists() else g.path,
+                                "class_map": g.class_map})
+        return sha256_json({"data": self.data_identity(), "vae": asdict(g.vae), "dit": asdict(g.dit),
+                            "precision": g.precision, "seed": self.cfg.seed})
+
+    def generator_dir(self) -> Path:
+        if self.cfg.generator.path is not None:
+            return Path(self.cfg.generator.path)
+        return cache_root(self.cfg) / "generators" / self.generator_key()[:16]
+
+    def generator(self) -> Generator:
+        if self._gen is None:
+            self.stage_generator()
+            self._gen = load_generator(self.generator_dir(), self.device, self.cfg.diffusion.precision)
+        return self._gen
+
+    def class_labels(self, gen: Generator) -> torch.Tensor:
+        """The generator's label index for each dataset class, (C,)."""
+        classes = self.train_set.classes
+        if self.cfg.generator.class_map is None:
+            if len(classes) > gen.num_labels:
+                raise D3HRError(f"the generator has {gen.num_labels} labels but the dataset has {len(classes)} "
+                                "classes; pass a class map")
+            return torch.arange(len(classes))
+        from d3hr.data.classmap import load_class_map
+
+        return torch.as_tensor(load_class_map(self.cfg.generator.class_map, classes, gen.num_labels))
+
+    def grid(self, gen: Generator) -> DDIMGrid:
+        return DDIMGrid.create(gen.alphas_cumprod, self.cfg.diffusion.num_steps)
+
+    def eps_fn(self, gen: Generator):
+        scale = self.cfg.diffusion.guidance_scale
+        return lambda zt, t, labels: gen.eps(zt, t, labels, scale)
+
+    # ----- stages ------------------------------------------------------------------------------------------
+    def stage_generator(self) -> Path:
+        """Use the given generator, or train (and cache) a small one on the dataset; resumable by epoch."""
+        key, path = self.generator_key(), self.generator_dir()
+        pointer = {"path": str(path.resolve()) if path.exists() else str(path), "key": key,
+                   "pretrained": self.cfg.generator.path is not None}
+        if self.cfg.generator.path is not None or (path / "transformer" / "config.json").is_file():
+            if not self._done("generator", key, []):
+                write_json(self.root / "generator.json", pointer)
+                self._record("generator", key, 0.0, path=str(path))
+            say(f"[generator] using {path}")
+            return path
+        t0 = time.time()
+        self._train_generator(path)
+        pointer["path"] = str(path.resolve())
+        write_json(self.root / "generator.json", pointer)
+        self._record("generator", key, time.time() - t0, path=str(path))
+        return path
+
+    def _train_generator(self, path: Path) -> None:
+        cfg, ds = self.cfg, self.train_set
+        g = cfg.generator
+        partial = path.with_name(path.name + ".partial")
+        partial.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        gen = build_small(len(ds.classes), ds.channels, cfg.data.image_size, g.vae.block_out_channels,
+                          g.vae.latent_channels, g.vae.layers_per_block, g.dit.num_layers,
+                          g.dit.num_attention_heads, g.dit.attention_head_dim, g.dit.patch_size).to(self.device)
+        say(f"[generator] training a small VAE + DiT on {len(ds)} {ds.name} images -> {path}")
+        t0 = time.time()
+        vae_losses = train_vae(gen, ds, g.vae, cfg.data.image_size, cfg.data.fit, cfg.seed, g.precision,
+                               partial / "vae.ckpt.safetensors")
+        t_vae = time.time() - t0
+        z = encode_dataset(gen, ds, cfg.data.image_size, cfg.data.fit)  # (N, c, h, w) unscaled
+        scale = 1.0 / float(z.float().std())
+        gen.vae.register_to_config(scaling_factor=scale)
+        labels = torch.as_tensor(ds.targets)
+        t1 = time.time()
+        dit_losses = train_dit(gen, z * scale, labels, g.dit, cfg.seed, g.precision,
+                               partial / "dit.ckpt.safetensors")
+        t_dit = time.time() - t1
+        gen.info = {"trained_by": f"d3hr {__version__}", "dataset": self.data_identity(), "classes": ds.classes,
+                    "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": cfg.seed, "scaling_factor": scale,
+                    "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
+                    "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
+        out = path.with_name(path.name + ".out")
+        shutil.rmtree(out, ignore_errors=True)
+        save_generator(gen, out)
+        replace_dir(out, path)
+        shutil.rmtree(partial, ignore_errors=True)
+        say(f"[generator] VAE {t_vae:.0f}s (final MSE {vae_losses[-1] if vae_losses else float('nan'):.4f}), "
+            f"DiT {t_dit:.0f}s (final loss {dit_losses[-1] if dit_losses else float('nan'):.4f})")
+
+    def invert_key(self) -> str:
+        d = self.cfg.diffusion
+        return sha256_json({"generator": self.generator_key(), "data": self.data_identity(),
+                            "num_steps": d.num_steps, "inversion_steps": d.inversion_steps,
+                            "guidance_scale": d.guidance_scale, "encode": d.encode, "precision": d.precision,
+                            "batch_size": d.batch_size, "seed": self.cfg.seed if d.encode == "sample" else None})
+
+    def stage_invert(self) -> Path:
+        """Encode every training image, invert to level K, and stream per-class moments (before and after)."""
+        out = self.root / "stats.safetensors"
+        key = self.invert_key()
+        if self._done("invert", key, [out]):
+            say(f"[invert] unchanged, skipped ({out})")
+            return out
+        gen = self.generator()
+        t0 = time.time()
+        ds, d = self.train_set, self.cfg.diffusion
+        counts = ds.class_counts()
+        for c, n in enumerate(counts):
+            if n < 3:
+                raise D3HRError(f"class '{ds.classes[c]}' has {n} training images; statistics need at least 3")
+        labels_map = self.class_labels(gen)
+        grid, eps_fn = self.grid(gen), self.eps_fn(gen)
+        num_classes, dim = len(ds.classes), int(np.prod(gen.latent_shape))
+        partial = self.root / "stats.partial.safetensors"
+        m0, mk, start = Moments.zeros(num_classes, dim), Moments.zeros(num_classes, dim), 0
+        if partial.is_file():
+            tensors, meta = load_tensors(partial)
+            if meta.get("key") == key:
+                m0, mk = Moments.from_tensors(tensors, "z0"), Moments.from_tensors(tensors, "zk")
+                start = int(meta["next_batch"])
+                say(f"[invert] resuming at batch {start}")
+        batches = [np.arange(i, min(i + d.batch_size, len(ds))) for i in range(0, len(ds), d.batch_size)]
+        bar = progress(len(ds), f"invert (K={d.inversion_steps}/{d.num_steps})", "img")
+        bar.update(int(sum(len(b) for b in batches[:start])))
+        last_save = time.time()
+        for b in range(start, len(batches)):
+            idx = batches[b]
+            y = torch.as_tensor(ds.targets[idx])
+            x = fit_to_model(ds.load(idx), self.cfg.data.image_size or gen.image_size, self.cfg.data.fit)
+            noise = generator_for(self.cfg.seed, "encode", b) if d.encode == "sample" else None
+            z0 = gen.encode(x, sample=d.encode == "sample", generator=noise)  # (B, c, h, w)
+            zk = ddim_invert(eps_fn, z0, labels_map[y], grid, d.inversion_steps)
+            if not (torch.isfinite(z0).all() and torch.isfinite(zk).all()):
+                raise D3HRError(f"non-finite latents in inversion batch {b} (images {idx[0]}..{idx[-1]})")
+            m0 = m0.merge(Moments.from_batch(z0.flatten(1), y, num_classes))
+            mk = mk.merge(Moments.from_batch(zk.flatten(1), y, num_classes))
+            bar.update(len(idx))
+            if time.time() - last_save > CHECKPOINT_SECONDS and b + 1 < len(batches):
+                save_tensors(partial, {**m0.tensors("z0"), **mk.tensors("zk")}, {"key": key, "next_batch": b + 1})
+                last_save = time.time()
+        bar.close()
+        before, after = normality_summary(m0), normality_summary(mk)
+        tensors = {"mean": mk.mean.float(), "std": mk.std().float(), "skewness": mk.skewness().float(),
+                   "excess_kurtosis": mk.excess_kurtosis().float(), "count": mk.n.to(torch.int64),
+                   "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
+                   "z0.excess_kurtosis": m0.excess_kurtosis().float()}
+        meta = {"key": key, "classes": ds.classes, "latent_shape": list(gen.latent_shape),
+                "inversion_steps": d.inversion_steps, "num_steps": d.num_steps,
+                "guidance_scale": d.guidance_scale, "normality_z0": before, "normality_zk": after}
+        save_tensors(out, tensors, meta)
+        partial.unlink(missing_ok=True)
+        self._record("invert", key, time.time() - t0, images=len(ds), normality_z0=before, normality_zk=after)
+        say(_normality_table(before, after, d.inversion_steps))
+        return out
+
+    def select_key(self) -> str:
+        s = self.cfg.select
+        return sha256_json({"invert": self.invert_key(), "select": asdict(s), "seed": self.cfg.seed})
+
+    def stage_select(self) -> Path:
+        """Group sampling (or Base-RS) of IPC latents per class in the inverted domain."""
+        self.stage_invert()
+        out = self.root / "selection.safetensors"
+        key = self.select_key()
+        if self._done("select", key, [out]):
+            say(f"[select] unchanged, skipped ({out})")
+            return out
+        t0 = time.time()
+        s = self.cfg.select
+        tensors, meta = load_tensors(self.root / "stats.safetensors")
+        mean, std, skew = tensors["mean"], tensors["std"], tensors["skewness"]
+        for name, t in (("mean", mean), ("std", std), ("skewness", skew)):
+            if not torch.isfinite(t).all():
+                c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
+                raise D3HRError(f"stats.safetensors: non-finite {name} for class '{meta['classes'][c]}'")
+        bar = progress(len(mean), f"select ({s.strategy}, m={s.candidates if s.strategy == 'group' else 1})",
+                       "class")
+        sel = select_groups(mean, std, skew, s.ipc, s.candidates, tuple(s.weights), self.cfg.seed, s.pools,
+                            s.chunk, s.strategy, progress=bar.update)
+        bar.close()
+        shape = meta["latent_shape"]
+        tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *shape), "index": sel.index, "pool": sel.pool,
+                   "loss": sel.loss, "loss_first": sel.loss_first}
+        save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "strategy": s.strategy, "ipc": s.ipc,
+                                    "seed": self.cfg.seed, "candidates": s.candidates, "weights": s.weights,
+                                    "pools": s.pools, "draws": "z = randn(64, ipc, D) per block, generator seeded "
+                                    "by sha256('seed:pool:p:block:b')"})
+        gain = float((1 - sel.loss / sel.loss_first.clamp_min(1e-12)).mean())
+        self._record("select", key, time.time() - t0, mean_loss=float(sel.loss.mean()),
+                     mean_loss_gain_over_first=gain)
+        say(f"[select] {s.strategy}: mean loss {float(sel.loss.mean()):.4f} "
+            f"({100 * gain:.1f}% under a single random group)")
+        return out
+
+    def generate_key(self) -> str:
+        d, g = self.cfg.diffusion, self.cfg.generate
+        return sha256_json({"select": self.select_key(), "save_size": g.save_size, "precision": d.precision})
+
+    def stage_generate(self) -> Path:
+        """DDIM-sample the chosen latents back to level 0, decode, and save PNGs; resumable by class."""
+        self.stage_select()
+        out = self.root / "images"
+        key = self.generate_key()
+        if self._done("generate", key, [out]):
+            say(f"[generate] unchanged, skipped ({out})")
+            return out
+        gen = self.generator()
+        t0 = time.time()
+        tensors, meta = load_tensors(self.root / "selection.safetensors")
+        latents = tensors["latents"]  # (C, ipc, c, h, w)
+        if tuple(latents.shape[2:]) != gen.latent_shape:
+            raise D3HRError(f"selection latents have shape {tuple(latents.shape[2:])} but the generator takes "
+                            f"{gen.latent_shape}")
+        classes, ds = meta["classes"], self.train_set
+        labels_map = self.class_labels(gen)
+        grid, eps_fn = self.grid(gen), self.eps_fn(gen)
+        partial = self.root / "images.partial"
+        done_file = partial / ".done.json"
+        done = read_json(done_file) if done_file.is_file() else {}
+        if done.get("key") != key:
+            shutil.rmtree(partial, ignore_errors=True)
+            done = {"key": key, "classes": []}
+        partial.mkdir(parents=True, exist_ok=True)
+        bs, k = self.cfg.generate.batch_size, self.cfg.diffusion.inversion_steps
+        bar = progress(latents.shape[0] * latents.shape[1], "generate", "img")
+        folders = _class_folders(classes)
+        for c in range(latents.shape[0]):
+            if c in done["classes"]:
+                bar.update(latents.shape[1])
+                continue
+            images = []
+            for i in range(0, latents.shape[1], bs):
+                zk = latents[c, i : i + bs]
+                y = labels_map[torch.full((len(zk),), c)]
+                z0 = ddim_sample(eps_fn, zk, y, grid, k)
+                x = gen.decode(z0).cpu()  # (b, C, S, S)
+                images.append(fit_to_saved(x, ds.resolution, self.cfg.data.fit, self.cfg.generate.save_size))
+                bar.update(len(zk))
+            _save_class_pngs(partial / folders[c], torch.cat(images))
+            done["classes"].append(c)
+            write_json(done_file, done)
+        bar.close()
+        done_file.unlink()
+        replace_dir(partial, out)
+        self._record("generate", key, time.time() - t0, images=int(latents.shape[0] * latents.shape[1]))
+        return out
+
+    def write_manifest(self) -> Path:
+        """manifest.json: format, dataset, classes, method, ipc, seeds, versions and the sha256 of every file."""
+        import diffusers
+
+        ds = self.train_set
+        files = {}
+        for p in sorted(self.root.rglob("*")):
+            rel = p.relative_to(self.root).as_posix()
+            if p.is_file() and rel not in ("manifest.json", ".lock") and not rel.startswith(("eval/", "report")) \
+                    and ".partial" not in rel and ".tmp" not in rel:
+                files[rel] = sha256_file(p)
+        s = self.cfg.select
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "dataset": self.data_identity(),
+            "classes": {str(i): name for i, name in enumerate(ds.classes)},
+            "class_folders": _class_folders(ds.classes),
+            "method": "d3hr" if s.strategy == "group" else "base-rs",
+            "ipc": s.ipc,
+            "seeds": {"seed": self.cfg.seed},
+            "generator": read_json(self.root / "generator.json") if (self.root / "generator.json").is_file()
+            else None,
+            "versions": {"d3hr": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+                         "python": platform.python_version()},
+            "stages": self.state(),
+            "files": files,
+        }
+        write_json(self.root / "manifest.json", manifest)
+        return self.root / "manifest.json"
+
+
+def _class_folders(classes: list[str]) -> list[str]:
+    """Safe, unique folder names that sort in class order for torchvision's ImageFolder."""
+    width = len(str(len(classes) - 1))
+    return [f"{i:0{width}d}_{safe_class_dir(name)}" for i, name in enumerate(classes)]
+
+
+def _save_class_pngs(folder: Path, images: torch.Tensor) -> None:
+    """Write (N, C, H, W) uint8 images as folder/00000.png ... into a temporary folder, then rename."""
+    from PIL import Image
+
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for i, img in enumerate(images):
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp / f"{i:05d}.png")
+    replace_dir(tmp, folder)
+
+
+def _normality_table(before: dict[str, float], after: dict[str, float], k: int) -> str:
+    rows = [("mean |skewness|", "mean_abs_skewness"), ("mean |excess kurtosis|", "mean_abs_excess_kurtosis"),
+            ("share normal (K^2, p>0.05)", "share_normal")]
+    lines = [f"[invert] normality per class and dimension:  VAE latents -> inverted (K={k})"]
+    lines += [f"  {name:<28} {before[key]:8.3f} -> {after[key]:8.3f}" for name, key in rows]
+    return "\n".join(lines)

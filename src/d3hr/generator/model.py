@@ -1,0 +1,171 @@
+"""One interface over a diffusers AutoencoderKL + DiTTransformer2DModel pair, with guidance in one forward pass."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+from diffusers.utils import logging as diffusers_logging
+
+from d3hr.diffusion.ddim import make_alphas_cumprod
+from d3hr.errors import D3HRError
+from d3hr.utils.io import write_json
+
+INFO_FILE = "d3hr_generator.json"
+
+
+@dataclass
+class Generator:
+    """A VAE and a class-conditional noise-prediction DiT with the diffusion schedule they were trained with."""
+
+    vae: AutoencoderKL
+    transformer: DiTTransformer2DModel
+    alphas_cumprod: torch.Tensor  # (T,) float64
+    schedule: dict[str, Any] = field(default_factory=dict)  # num_train_timesteps, beta_start, beta_end, schedule
+    info: dict[str, Any] = field(default_factory=dict)  # provenance: classes, training config, source
+    precision: str = "fp32"  # autocast dtype for model calls: fp32 | bf16
+
+    @property
+    def num_labels(self) -> int:
+        """Number of conditional labels; label ``num_labels`` is the null (unconditional) label."""
+        return int(self.transformer.config.num_embeds_ada_norm)
+
+    @property
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.transformer.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.vae.config.sample_size)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = int(self.transformer.config.in_channels)
+        s = int(self.transformer.config.sample_size)
+        return (c, s, s)
+
+    def to(self, device: torch.device | str) -> Generator:
+        self.vae.to(device)
+        self.transformer.to(device)
+        return self
+
+    def eval(self) -> Generator:
+        self.vae.eval()
+        self.transformer.eval()
+        return self
+
+    def _autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents z0 (B, c, h, w): posterior mean, or a seeded sample."""
+        dist = self.vae.encode(x.to(self.device)).latent_dist
+        z = dist.sample(generator=generator) if sample else dist.mean
+        return z.float() * self.scaling_factor
+
+    @torch.no_grad()
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        """Scaled latents (B, c, h, w) -> images (B, C, H, W), roughly in [-1, 1]."""
+        return self.vae.decode(z0.to(self.device) / self.scaling_factor).sample.float()
+
+    @torch.no_grad()
+    def eps(self, zt: torch.Tensor, t: int, labels: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Noise prediction with classifier-free guidance: eps_u + s (eps_c - eps_u), one batched forward pass.
+
+        s = 1 uses the conditional prediction alone and s = 0 the unconditional one (one forward of B each).
+        """
+        b = zt.shape[0]
+        labels = labels.to(self.device)
+        if guidance == 1.0 or guidance == 0.0:
+            lab = labels if guidance == 1.0 else torch.full_like(labels, self.num_labels)
+            return self._forward(zt, t, lab)
+        null = torch.full_like(labels, self.num_labels)
+        out = self._forward(torch.cat([zt, zt]), t, torch.cat([labels, null]))  # (2B, c, h, w)
+        cond, uncond = out[:b], out[b:]
+        return uncond + guidance * (cond - uncond)
+
+    def _forward(self, zt: torch.Tensor, t: int, labels: torch.Tensor) -> torch.Tensor:
+        c = zt.shape[1]
+        timestep = torch.full((zt.shape[0],), t, device=self.device, dtype=torch.long)
+        with self._autocast():
+            out = self.transformer(zt.to(self.device), timestep=timestep, class_labels=labels).sample
+        return out[:, :c].float()  # DiT-XL/2 also predicts a variance in channels c..2c: drop it
+
+
+def build_small(num_classes: int, channels: int, image_size: int, block_out_channels: list[int],
+                latent_channels: int, layers_per_block: int, num_layers: int, num_attention_heads: int,
+                attention_head_dim: int, patch_size: int) -> Generator:
+    """A small AutoencoderKL and class-conditional DiT (with a null label for guidance), randomly initialised."""
+    n_blocks = len(block_out_channels)
+    latent_size = image_size // 2 ** (n_blocks - 1)
+    if latent_size * 2 ** (n_blocks - 1) != image_size or latent_size % patch_size:
+        raise D3HRError(f"image size {image_size} does not fit {n_blocks} VAE blocks and patch size {patch_size}")
+    groups = min(32, min(block_out_channels))
+    vae = AutoencoderKL(
+        in_channels=channels, out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * n_blocks, up_block_types=("UpDecoderBlock2D",) * n_blocks,
+        block_out_channels=tuple(block_out_channels), layers_per_block=layers_per_block,
+        latent_channels=latent_channels, norm_num_groups=groups, sample_size=image_size, scaling_factor=1.0,
+    )
+    dit = DiTTransformer2DModel(
+        num_attention_heads=num_attention_heads, attention_head_dim=attention_head_dim, in_channels=latent_channels,
+        out_channels=latent_channels, num_layers=num_layers, sample_size=latent_size, patch_size=patch_size,
+        num_embeds_ada_norm=num_classes,
+    )
+    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    return Generator(vae, dit, make_alphas_cumprod(**schedule), schedule)
+
+
+def save_generator(gen: Generator, path: str | Path) -> None:
+    """Write the diffusers layout (vae/, transformer/, scheduler/) and d3hr's provenance file, as safetensors."""
+    path = Path(path)
+    gen.vae.save_pretrained(path / "vae", safe_serialization=True)
+    gen.transformer.save_pretrained(path / "transformer", safe_serialization=True)
+    DDIMScheduler(**gen.schedule, clip_sample=False, set_alpha_to_one=False).save_pretrained(path / "scheduler")
+    write_json(path / INFO_FILE, gen.info)
+
+
+def load_generator(source: str | Path, device: torch.device | str = "cpu", precision: str = "fp32") -> Generator:
+    """Load a VAE + DiT from a diffusers directory or hub id (``vae/``, ``transformer/``, optional ``scheduler/``).
+
+    Weights load only from safetensors files; a directory holding only pickled weights is refused.
+    """
+    source = str(source)
+    local = Path(source)
+    diffusers_logging.set_verbosity_error()
+    if local.exists():
+        if not local.is_dir():
+            raise D3HRError(f"generator {source} is not a directory")
+        for part in ("vae", "transformer"):
+            if not (local / part / "config.json").is_file():
+                raise D3HRError(f"generator directory {source} lacks {part}/config.json (diffusers layout needed)")
+    try:
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True)
+        dit = DiTTransformer2DModel.from_pretrained(source, subfolder="transformer", use_safetensors=True)
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise D3HRError(f"cannot load generator {source}: {first}") from None
+    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    sched_file = local / "scheduler" / "scheduler_config.json"
+    if sched_file.is_file():
+        conf = json.loads(sched_file.read_text())
+        schedule = {k: conf.get(k, v) for k, v in schedule.items()}
+    info_file = local / INFO_FILE
+    info = json.loads(info_file.read_text()) if info_file.is_file() else {"source": source}
+    if dit.config.in_channels != vae.config.latent_channels:
+        raise D3HRError(f"generator {source}: DiT takes {dit.config.in_channels} channels but the VAE gives "
+                        f"{vae.config.latent_channels}")
+    gen = Generator(vae, dit, make_alphas_cumprod(**schedule), schedule, info, precision)
+    return gen.to(device).eval()

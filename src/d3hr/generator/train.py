@@ -1,0 +1,144 @@
+"""Train the small generator here: the VAE, then the DiT on its latents (with label dropout and EMA)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from d3hr.config import DiTConfig, VAEConfig
+from d3hr.data.images import ImageSet, fit_to_model
+from d3hr.generator.model import Generator
+from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
+from d3hr.utils.progress import progress
+from d3hr.utils.seeding import generator_for
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _batches(n: int, batch_size: int, seed: int, *keys: object) -> list[np.ndarray]:
+    perm = torch.randperm(n, generator=generator_for(seed, *keys)).numpy()
+    return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> int:
+    if ckpt is not None and ckpt.is_file():
+        return int(load_checkpoint(ckpt, modules, opt)["epoch"])
+    return 0
+
+
+def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
+              precision: str = "bf16", ckpt: Path | None = None) -> list[float]:
+    """Train ``gen.vae`` to reconstruct the dataset (MSE + KL), resuming from ``ckpt`` at epoch granularity.
+
+    Returns the mean training loss of each epoch run in this call.
+    """
+    vae, device = gen.vae, gen.device
+    vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = _resume(ckpt, {"vae": vae}, opt)
+    losses = []
+    bar = progress(cfg.epochs * math.ceil(len(images) / cfg.batch_size), "train VAE", "step")
+    bar.update(start * math.ceil(len(images) / cfg.batch_size))
+    for epoch in range(start, cfg.epochs):
+        noise = generator_for(seed, "vae-noise", epoch)
+        total, count = 0.0, 0
+        for idx in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
+            x = fit_to_model(images.load(idx), image_size, fit).to(device, memory_format=torch.channels_last)
+            with _autocast(device, precision):
+                dist = vae.encode(x).latent_dist
+                z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise).to(device)
+                recon = vae.decode(z).sample
+            rec = F.mse_loss(recon.float(), x)
+            kl = 0.5 * (dist.mean.float() ** 2 + dist.var.float() - 1.0 - dist.logvar.float()).mean()
+            loss = rec + cfg.kl_weight * kl
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += rec.item() * len(idx)
+            count += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
+        losses.append(total / count)
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"vae": vae}, opt, {"epoch": epoch + 1})
+    bar.close()
+    vae.eval().to(memory_format=torch.contiguous_format)
+    return losses
+
+
+@torch.no_grad()
+def encode_dataset(gen: Generator, images: ImageSet, image_size: int, fit: str,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Unscaled posterior means of every training image, (N, c, h, w) float32."""
+    out = []
+    bar = progress(len(images), "encode", "img")
+    for i in range(0, len(images), batch_size):
+        idx = np.arange(i, min(i + batch_size, len(images)))
+        x = fit_to_model(images.load(idx), image_size, fit)
+        out.append(gen.vae.encode(x.to(gen.device)).latent_dist.mean.float().cpu())
+        bar.update(len(idx))
+    bar.close()
+    return torch.cat(out)
+
+
+def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTConfig, seed: int,
+              precision: str = "bf16", ckpt: Path | None = None) -> list[float]:
+    """Train ``gen.transformer`` to predict noise on scaled latents z0 (N, c, h, w) with class labels (N,).
+
+    A share ``cfg.label_dropout`` of labels is replaced by the null label so that classifier-free guidance works.
+    The EMA of the weights (decay ``cfg.ema_decay``) replaces the weights at the end. Returns epoch losses.
+    """
+    dit, device = gen.transformer, gen.device
+    dit.eval()  # no dropout layers; eval keeps diffusers from dropping labels itself (we drop them, seeded)
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
+    start = _resume(ckpt, {"dit": dit, "ema": ema}, opt)
+    alphas = gen.alphas_cumprod.float()
+    null = gen.num_labels
+    params, ema_params = list(dit.parameters()), list(ema.parameters())
+    steps_per_epoch = math.ceil(len(z0) / cfg.batch_size)
+    bar = progress(cfg.epochs * steps_per_epoch, "train DiT", "step")
+    bar.update(start * steps_per_epoch)
+    losses = []
+    for epoch in range(start, cfg.epochs):
+        g = generator_for(seed, "dit-noise", epoch)
+        total, count = 0.0, 0
+        for idx in _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch):
+            idx = torch.from_numpy(idx)
+            x0, y = z0[idx], labels[idx].clone()
+            t = torch.randint(0, len(alphas), (len(idx),), generator=g)
+            eps = torch.randn(x0.shape, generator=g)
+            drop = torch.rand(len(idx), generator=g) < cfg.label_dropout
+            y[drop] = null
+            a = alphas[t].view(-1, 1, 1, 1)
+            zt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # forward marginal, DDPM Eq. 4
+            with _autocast(device, precision):
+                pred = dit(zt.to(device), timestep=t.to(device), class_labels=y.to(device)).sample
+            loss = F.mse_loss(pred.float()[:, : x0.shape[1]], eps.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step = epoch * steps_per_epoch + count // cfg.batch_size
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up for short trainings
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1.0 - decay)
+            total += loss.item() * len(idx)
+            count += len(idx)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
+        losses.append(total / count)
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"dit": dit, "ema": ema}, opt, {"epoch": epoch + 1})
+    bar.close()
+    dit.load_state_dict(ema.state_dict())
+    return losses

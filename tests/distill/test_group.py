@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from d3hr.distill.group import (DRAW_BLOCK, draw_candidates, group_loss, group_loss_reference, group_z_stats,
+                                select_groups)
+
+W = (1.0, 1.0, 0.5)
+
+
+def _class_stats(num_classes=5, dim=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mean = torch.randn(num_classes, dim, generator=g)
+    std = torch.rand(num_classes, dim, generator=g) + 0.5
+    skew = 0.5 * torch.randn(num_classes, dim, generator=g)
+    return mean, std, skew
+
+
+@pytest.mark.parametrize("ipc", [2, 10, 50])
+def test_matrix_loss_equals_direct_reference(ipc):
+    mean, std, skew = _class_stats()
+    z = draw_candidates(3, 0, 0, 100, ipc, mean.shape[1])
+    loss = group_loss(*group_z_stats(z), std, skew, W)  # (100, C)
+    for c in range(len(mean)):
+        x = mean[c] + std[c] * z  # (100, ipc, D)
+        ref = group_loss_reference(x, mean[c].double(), std[c].double(), skew[c].double(), W)
+        torch.testing.assert_close(loss[:, c].double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_selected_group_has_lowest_loss_of_all_candidates():
+    mean, std, skew = _class_stats()
+    m, ipc = 700, 10
+    sel = select_groups(mean, std, skew, ipc, m, W, seed=7, chunk=128)
+    for c in range(len(mean)):
+        z = draw_candidates(7, c, 0, m, ipc, mean.shape[1])
+        ref = group_loss_reference(mean[c] + std[c] * z, mean[c].double(), std[c].double(), skew[c].double(), W)
+        assert int(sel.index[c]) == int(ref.argmin())
+        torch.testing.assert_close(sel.x[c], mean[c] + std[c] * z[sel.index[c]])
+        assert sel.loss[c] <= sel.loss_first[c]
+
+
+def test_selection_independent_of_chunk_size():
+    mean, std, skew = _class_stats()
+    runs = [select_groups(mean, std, skew, 10, 1000, W, seed=1, chunk=c) for c in (DRAW_BLOCK, 256, 1000, 4096)]
+    for r in runs[1:]:
+        assert torch.equal(r.index, runs[0].index)
+        assert torch.equal(r.x, runs[0].x)
+
+
+def test_base_rs_is_first_candidate_and_differs_from_group_sampling():
+    mean, std, skew = _class_stats()
+    group = select_groups(mean, std, skew, 10, 2000, W, seed=1)
+    rand = select_groups(mean, std, skew, 10, 2000, W, seed=1, strategy="random")
+    assert torch.all(rand.index == 0)
+    assert not torch.equal(group.x, rand.x)
+    assert torch.all(group.loss < rand.loss)
+    torch.testing.assert_close(rand.loss, group.loss_first)
+
+
+def test_shared_pools_score_every_class_against_the_same_candidates():
+    mean, std, skew = _class_stats(num_classes=6)
+    shared = select_groups(mean, std, skew, 10, 500, W, seed=2, pools=1)
+    assert torch.all(shared.pool == 0)
+    own = select_groups(mean, std, skew, 10, 500, W, seed=2)
+    assert own.pool.tolist() == list(range(6))
+    z = draw_candidates(2, 0, 0, 500, 10, mean.shape[1])
+    loss = group_loss(*group_z_stats(z), std, skew, W)
+    assert shared.index.tolist() == loss.argmin(dim=0).tolist()
+
+
+def test_ipc_one_scores_the_mean_only():
+    mean, std, skew = _class_stats()
+    sel = select_groups(mean, std, skew, 1, 300, W, seed=0)
+    assert sel.x.shape == (5, 1, 12)
+    assert torch.isfinite(sel.loss).all()
+
+
+def test_draws_do_not_depend_on_how_they_are_split():
+    whole = draw_candidates(5, 3, 0, 3 * DRAW_BLOCK, 4, 6)
+    parts = torch.cat([draw_candidates(5, 3, s, DRAW_BLOCK, 4, 6) for s in range(0, 3 * DRAW_BLOCK, DRAW_BLOCK)])
+    assert torch.equal(whole, parts)
