@@ -15,12 +15,19 @@ TINY = {"block_out_channels": [8, 16], "latent_channels": 4, "layers_per_block":
         "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 1}
 FAST_TRAIN = ["generator.vae.epochs=1", "generator.dit.epochs=2", "generator.vae.block_out_channels=[8,16]",
               "generator.dit.num_layers=2", "generator.dit.num_attention_heads=2", "generator.dit.attention_head_dim=16",
-              "select.candidates=256", "diffusion.num_steps=10", "diffusion.inversion_steps=6"]
+              "select.candidates=256", "diffusion.num_steps=10", "diffusion.inversion_steps=6", "data.limit=600"]
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("D3HR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Trained generators go to a cache private to this test session (set before any other fixture runs)."""
+    old = os.environ.get("D3HR_CACHE")
+    os.environ["D3HR_CACHE"] = str(tmp_path_factory.getbasetemp() / "cache")
+    yield
+    if old is None:
+        os.environ.pop("D3HR_CACHE", None)
+    else:
+        os.environ["D3HR_CACHE"] = old
 
 
 @pytest.fixture
