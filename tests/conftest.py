@@ -14,8 +14,9 @@ torch.set_num_threads(2)
 TINY = {"block_out_channels": [8, 16], "latent_channels": 4, "layers_per_block": 1, "num_layers": 2,
         "num_attention_heads": 2, "attention_head_dim": 16, "patch_size": 1}
 FAST_TRAIN = ["generator.vae.epochs=1", "generator.dit.epochs=2", "generator.vae.block_out_channels=[8,16]",
-              "generator.dit.num_layers=2", "generator.dit.num_attention_heads=2", "generator.dit.attention_head_dim=16",
-              "select.candidates=256", "diffusion.num_steps=10", "diffusion.inversion_steps=6", "data.limit=600"]
+              "generator.dit.num_layers=2", "generator.dit.num_attention_heads=2",
+              "generator.dit.attention_head_dim=16", "select.candidates=256", "diffusion.num_steps=10",
+              "diffusion.inversion_steps=6", "data.limit=600"]
 
 
 @pytest.fixture(autouse=True, scope="session")

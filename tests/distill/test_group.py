@@ -1,8 +1,14 @@
 import pytest
 import torch
 
-from d3hr.distill.group import (DRAW_BLOCK, draw_candidates, group_loss, group_loss_reference, group_z_stats,
-                                select_groups)
+from d3hr.distill.group import (
+    DRAW_BLOCK,
+    draw_candidates,
+    group_loss,
+    group_loss_reference,
+    group_z_stats,
+    select_groups,
+)
 
 W = (1.0, 1.0, 0.5)
 

@@ -32,8 +32,16 @@ from d3hr.distill.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, build_small, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
-from d3hr.utils.io import (load_tensors, read_json, replace_dir, save_tensors, sha256_file, sha256_json,
-                           write_json, write_text)
+from d3hr.utils.io import (
+    load_tensors,
+    read_json,
+    replace_dir,
+    save_tensors,
+    sha256_file,
+    sha256_json,
+    write_json,
+    write_text,
+)
 from d3hr.utils.progress import progress, say
 from d3hr.utils.seeding import generator_for
 

@@ -154,7 +154,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu", preci
     try:
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True)
         dit = DiTTransformer2DModel.from_pretrained(source, subfolder="transformer", use_safetensors=True)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise D3HRError(f"cannot load generator {source}: {first}") from None
     schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}

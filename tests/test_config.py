@@ -1,0 +1,46 @@
+import pytest
+import yaml
+
+from d3hr.config import Config, load_config, nest, parse_override
+from d3hr.errors import D3HRError
+
+
+def test_defaults_are_the_papers():
+    cfg = Config()
+    assert cfg.select.weights == [1.0, 1.0, 0.5]
+    assert (cfg.diffusion.num_steps, cfg.diffusion.inversion_steps, cfg.diffusion.guidance_scale) == (50, 31, 4.0)
+    assert cfg.diffusion.encode == "mean" and cfg.select.strategy == "group"
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = load_config(None, [nest("select.ipc", 3), nest(*parse_override("diffusion.guidance_scale=1.5"))])
+    path = tmp_path / "c.yaml"
+    path.write_text(cfg.to_yaml())
+    again = load_config(path)
+    assert again == cfg and again.select.ipc == 3 and again.diffusion.guidance_scale == 1.5
+    assert load_config(None, [nest(*parse_override("select.weights=[1, 0, 0]"))]).select.weights == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("select.ipcc=3", "unknown config key 'select.ipcc'; did you mean 'select.ipc'?"),
+    ("diffusion.guidance_scale=-1", "diffusion.guidance_scale must be >= 0"),
+    ("select.ipc=abc", "config 'select.ipc' must be an integer"),
+    ("select.ipc=2.5", "config 'select.ipc' must be an integer"),
+    ("diffusion.inversion_steps=50", "must be in [0, num_steps=50)"),
+    ("select.weights=[1, 2]", "select.weights must have 3 values"),
+    ("select=3", "config section 'select' must be a mapping"),
+])
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(D3HRError) as exc:
+        load_config(None, [nest(*parse_override(override))])
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_bad_yaml_file(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("select: [unclosed")
+    with pytest.raises(D3HRError, match="is not valid YAML"):
+        load_config(p)
+    p.write_text(yaml.safe_dump({"selct": {"ipc": 1}}))
+    with pytest.raises(D3HRError, match="did you mean 'select'"):
+        load_config(p)
