@@ -8,8 +8,19 @@ from d3hr.errors import D3HRError
 def test_defaults_are_the_papers():
     cfg = Config()
     assert cfg.select.weights == [1.0, 1.0, 0.5]
-    assert (cfg.diffusion.num_steps, cfg.diffusion.inversion_steps, cfg.diffusion.guidance_scale) == (50, 31, 4.0)
+    assert (cfg.diffusion.num_steps, cfg.diffusion.inversion_steps) == (50, 31)
+    assert cfg.diffusion.guidance_scale is None  # resolved per generator by the run
     assert cfg.diffusion.encode == "mean" and cfg.select.strategy == "group"
+
+
+def test_guidance_resolves_per_generator(tmp_path):
+    from d3hr.distill.pipeline import Run
+
+    assert Run(load_config(None, [nest("out", str(tmp_path))])).cfg.diffusion.guidance_scale == 1.0
+    pre = load_config(None, [nest("out", str(tmp_path)), nest("generator.path", "facebook/DiT-XL-2-256")])
+    assert Run(pre).cfg.diffusion.guidance_scale == 4.0
+    explicit = load_config(None, [nest("out", str(tmp_path)), nest("diffusion.guidance_scale", 2.5)])
+    assert Run(explicit).cfg.diffusion.guidance_scale == 2.5
 
 
 def test_yaml_round_trip_and_overrides(tmp_path):

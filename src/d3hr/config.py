@@ -73,7 +73,10 @@ class DiffusionConfig:
 
     num_steps: int = 50  # N: DDIM grid steps over the generator's training timesteps
     inversion_steps: int = 31  # K: grid steps walked up by inversion and back down by sampling
-    guidance_scale: float = 4.0  # classifier-free guidance, same scale both ways (authors: 4.0 for DiT-XL/2)
+    # Classifier-free guidance, same scale both ways. None: 4.0 (the authors' value for DiT-XL/2) with a pretrained
+    # generator, 1.0 with a small one trained here (measured on digits: 4.0 made inverted latents less normal and
+    # only 46% of distilled images recognisable by a real-data classifier, against 99% at 1.0).
+    guidance_scale: float | None = None
     encode: str = "mean"  # mean (posterior mean, deterministic) | sample (seeded posterior sample)
     batch_size: int = 256  # images per inversion batch (fixed work unit for streaming moments)
     precision: str = "fp32"  # fp32 | bf16 (autocast) for the model calls in inversion and sampling
@@ -127,7 +130,7 @@ def _field_types(cls: type) -> dict[str, Any]:
 def _unknown_key(key: str, valid: list[str], where: str) -> D3HRError:
     near = difflib.get_close_matches(key, valid, n=1)
     hint = f"; did you mean '{where}{near[0]}'?" if near else f"; valid keys: {', '.join(valid)}"
-    return D3HRError(f"unknown config key '{where}{key}'{hint}")
+    return D3HRError(f"unknown config key {where + key!r}{hint}")
 
 
 def _coerce(value: Any, tp: Any, name: str) -> Any:
@@ -156,7 +159,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise D3HRError(f"config '{name}' must be an integer, got {value!r}")
         try:
             as_float = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise D3HRError(f"config '{name}' must be an integer, got {value!r}") from None
         if not as_float.is_integer():
             raise D3HRError(f"config '{name}' must be an integer, got {value!r}")
@@ -166,7 +169,7 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
             raise D3HRError(f"config '{name}' must be a number, got {value!r}")
         try:
             return float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise D3HRError(f"config '{name}' must be a number, got {value!r}") from None
     if tp is str:
         if isinstance(value, dict | list):
@@ -192,11 +195,11 @@ def _apply(obj: Any, data: dict[str, Any], where: str = "") -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """Split 'a.b=value' and parse the value as YAML (so 3, 0.5, true, null and [1,2] work)."""
     if "=" not in text:
-        raise D3HRError(f"override '{text}' must look like key.path=value")
+        raise D3HRError(f"override {text!r} must look like key.path=value")
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+    except Exception:  # YAMLError, and whatever PyYAML's constructors raise: 2001-13-01, !!bool x, [[[...
         value = raw
     return key.strip(), value
 
@@ -221,14 +224,19 @@ def load_config(
     cfg = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise D3HRError(f"config file not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise D3HRError(f"cannot read config file {path}: {exc}".splitlines()[0]) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else "malformed YAML"
             raise D3HRError(f"config file {path} is not valid YAML: {first}") from None
+        except Exception as exc:  # PyYAML's constructors raise ValueError, KeyError, ... (2001-13-01, !!bool x)
+            msg = f"config file {path} is not valid YAML: {type(exc).__name__}: {exc}"
+            raise D3HRError(msg.splitlines()[0]) from None
         if data is not None:
             _apply(cfg, data)
     for item in overrides or []:
@@ -247,17 +255,18 @@ def validate(cfg: Config) -> None:
         (s.pools is None or s.pools >= 1, f"select.pools must be >= 1, got {s.pools}"),
         (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),
         (all(w >= 0 for w in s.weights), f"select.weights must be >= 0, got {s.weights}"),
-        (s.strategy in ("group", "random"), f"select.strategy must be group or random, got '{s.strategy}'"),
+        (s.strategy in ("group", "random"), f"select.strategy must be group or random, got {s.strategy!r}"),
         (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
         (0 <= d.inversion_steps < d.num_steps,
          f"diffusion.inversion_steps (K={d.inversion_steps}) must be in [0, num_steps={d.num_steps})"),
-        (d.guidance_scale >= 0, f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
-        (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got '{d.encode}'"),
+        (d.guidance_scale is None or d.guidance_scale >= 0,
+         f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
+        (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got {d.encode!r}"),
         (d.batch_size >= 1, f"diffusion.batch_size must be >= 1, got {d.batch_size}"),
-        (d.precision in ("fp32", "bf16"), f"diffusion.precision must be fp32 or bf16, got '{d.precision}'"),
+        (d.precision in ("fp32", "bf16"), f"diffusion.precision must be fp32 or bf16, got {d.precision!r}"),
         (cfg.generator.precision in ("fp32", "bf16"),
-         f"generator.precision must be fp32 or bf16, got '{cfg.generator.precision}'"),
-        (cfg.data.fit in ("auto", "pad", "resize"), f"data.fit must be auto, pad or resize, got '{cfg.data.fit}'"),
+         f"generator.precision must be fp32 or bf16, got {cfg.generator.precision!r}"),
+        (cfg.data.fit in ("auto", "pad", "resize"), f"data.fit must be auto, pad or resize, got {cfg.data.fit!r}"),
         (cfg.data.limit is None or cfg.data.limit >= 1, f"data.limit must be >= 1, got {cfg.data.limit}"),
         (cfg.generate.batch_size >= 1, f"generate.batch_size must be >= 1, got {cfg.generate.batch_size}"),
     ]

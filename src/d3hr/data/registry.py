@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 # Generator presets by dataset: image size, fit and small-model sizes (written out resolved in config.yaml).
 _SMALL_32 = {"image_size": 32, "fit": "resize", "vae_channels": [32, 64, 64], "vae_epochs": 1,
-             "patch_size": 2, "dit_layers": 6, "dit_head_dim": 64, "dit_epochs": 10}
+             "patch_size": 2, "dit_layers": 6, "dit_head_dim": 64, "dit_epochs": 5}
 PRESETS: dict[str, dict[str, Any]] = {
     "digits": {"image_size": 8, "fit": "pad", "vae_channels": [32, 64], "vae_epochs": 40,
                "patch_size": 1, "dit_layers": 4, "dit_head_dim": 32, "dit_epochs": 150},

@@ -29,7 +29,7 @@ class Moments:
     @classmethod
     def from_batch(cls, x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Moments:
         """Moments of one batch: x (B, D) any float dtype, labels (B,) in [0, num_classes)."""
-        x = x.to(torch.float64).reshape(len(x), -1)
+        x = x.to(torch.float64).reshape(len(x), math.prod(x.shape[1:]))
         labels = labels.to(torch.long).cpu()
         x = x.cpu()
         out = cls.zeros(num_classes, x.shape[1])

@@ -67,6 +67,8 @@ class Run:
     def __init__(self, cfg: Config):
         if cfg.generator.path is None:
             resolve_presets(cfg)
+        if cfg.diffusion.guidance_scale is None:
+            cfg.diffusion.guidance_scale = 4.0 if cfg.generator.path is not None else 1.0
         validate(cfg)
         self.cfg = cfg
         self.root = Path(cfg.out)
@@ -225,6 +227,8 @@ class Run:
         key = self.invert_key()
         if self._done("invert", key, [out]):
             say(f"[invert] unchanged, skipped ({out})")
+            rec = self.state()["invert"]
+            say(_normality_table(rec["normality_z0"], rec["normality_zk"], self.cfg.diffusion.inversion_steps))
             return out
         gen = self.generator()
         t0 = time.time()

@@ -1,0 +1,1 @@
+"""Reports: image grids of a distilled set."""

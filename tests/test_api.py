@@ -1,0 +1,28 @@
+"""The Python API has the CLI's stage names and writes the same run folder."""
+
+import d3hr
+from d3hr.config import nest, parse_override
+from tests.conftest import FAST_TRAIN
+
+
+def _cfg(out, **kw):
+    items = [nest(*parse_override(s)) for s in FAST_TRAIN]
+    cfg = d3hr.load_config(None, items)
+    cfg.out = str(out)
+    return d3hr.load_config(None, [nest(k.replace("__", "."), v) for k, v in kw.items()], base=cfg)
+
+
+def test_api_stages_and_load_run(tmp_path):
+    cfg = _cfg(tmp_path / "run", select__ipc=2)
+    assert d3hr.train_generator(cfg).is_dir()
+    stats = d3hr.invert(cfg)
+    assert stats.name == "stats.safetensors"
+    summary = d3hr.distill(cfg)
+    assert summary["images"].endswith("images") and summary["stages"]["select"]["key"]
+    run = d3hr.load_run(tmp_path / "run")
+    assert run["config"].select.ipc == 2 and run["config"].diffusion.guidance_scale == 1.0  # resolved, written
+    tensors, meta = run["selection"]
+    assert tensors["latents"].shape[:2] == (10, 2) and meta["ipc"] == 2
+    assert run["manifest"]["ipc"] == 2
+    rs = d3hr.select(cfg, select__strategy="random", out=str(tmp_path / "run"))
+    assert rs.is_file()
