@@ -9,7 +9,8 @@ from typing import Any
 
 from d3hr.config import Config, load_config, nest
 from d3hr.distill.pipeline import Run
-from d3hr.utils.io import load_tensors, read_json
+from d3hr.errors import D3HRError
+from d3hr.utils.io import load_tensors, read_json, sha256_file
 
 
 def _config(cfg: Config | None, overrides: dict[str, Any]) -> Config:
@@ -71,3 +72,29 @@ def load_run(path: str | Path) -> dict[str, Any]:
         if f.is_file():
             out[name] = load_tensors(f)
     return out
+
+
+def verify(path: str | Path) -> list[str]:
+    """Compare every file listed in RUN/manifest.json with its sha256; returns one line per problem (none: intact).
+
+    Reports files that changed, files that are missing, and files in the run that the manifest does not list.
+    """
+    root = Path(path)
+    manifest = read_json(root / "manifest.json")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise D3HRError(f"{root / 'manifest.json'} has no 'files' table")
+    problems = []
+    for rel, digest in sorted(files.items()):
+        p = root / rel
+        if not p.resolve().is_relative_to(root.resolve()):
+            problems.append(f"{rel}: path leaves the run folder")
+        elif not p.is_file():
+            problems.append(f"{rel}: missing")
+        elif sha256_file(p) != digest:
+            problems.append(f"{rel}: sha256 differs from the manifest")
+    for p in sorted((root / "images").rglob("*.png")) if (root / "images").is_dir() else []:
+        rel = p.relative_to(root).as_posix()
+        if rel not in files:
+            problems.append(f"{rel}: not in the manifest")
+    return problems

@@ -20,7 +20,8 @@ FLAGS = {"dataset": "data.name", "root": "data.root", "download": "data.download
          "ipc": "select.ipc", "strategy": "select.strategy", "candidates": "select.candidates",
          "pools": "select.pools", "inversion_steps": "diffusion.inversion_steps",
          "num_steps": "diffusion.num_steps", "guidance": "diffusion.guidance_scale",
-         "precision": "diffusion.precision", "seed": "seed", "device": "device"}
+         "precision": "diffusion.precision", "seed": "seed", "device": "device",
+         "allow_short_classes": "select.allow_short_classes"}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -43,6 +44,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-steps", type=int, help="N: DDIM grid size")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="precision of model calls in the diffusion loops")
+    p.add_argument("--allow-short-classes", action="store_true", default=None,
+                   help="distill classes with fewer training images than --ipc (recorded in the manifest)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:1, ...")
 
@@ -56,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, fn in STAGES.items():
         p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
         _add_common(p)
+    p = sub.add_parser("verify", help="check every file of a run against the sha256 in its manifest")
+    p.add_argument("run", help="run folder")
+    p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--student", default="convnet", help="convnet, convnet_d4, resnet18 or a torchvision model name")
+    p.add_argument("--labels", default="soft", choices=["soft", "hard"])
+    p.add_argument("--seeds", type=int, default=3, help="number of student seeds (0..n-1)")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--teacher", help="teacher architecture for soft labels (default: convnet)")
+    p.add_argument("--device", default="cpu")
     return parser
 
 
@@ -92,8 +105,45 @@ def _summary(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+def _verify(run: str) -> int:
+    try:
+        problems = api.verify(run)
+    except D3HRError as exc:
+        print(f"d3hr: error: {exc}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"{run}: {p}")
+    if problems:
+        print(f"d3hr: verify: {len(problems)} problem(s) in {run}", file=sys.stderr)
+        return 1
+    print(f"d3hr: verify: every file of {run} matches its manifest")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from d3hr.evaluate import evaluate
+
+    try:
+        out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
+                       teacher=args.teacher, device=args.device)
+    except D3HRError as exc:
+        print(f"d3hr: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
+          f"results in {Path(args.run) / 'eval' / 'results.json'}")
+    row = out["summary"]
+    teacher = f", teacher {row['teacher']}" if row.get("teacher") else ""
+    print(f"  {row['student']}, {row['labels']} labels{teacher}, {row['epochs']} epochs: top-1 "
+          f"{100 * row['top1_mean']:.2f} +- {100 * row['top1_std']:.2f}% over {row['n']} seeds")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "verify":
+        return _verify(args.run)
+    if args.command == "evaluate":
+        return _evaluate(args)
     try:
         cfg = config_from_args(args)
         fn = api.distill if args.command == "distill" else STAGES[args.command]

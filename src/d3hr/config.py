@@ -92,6 +92,7 @@ class SelectConfig:
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.5])  # lambda_mu, lambda_sigma, lambda_gamma
     pools: int | None = None  # independent candidate pools shared by classes; None: one per class
     chunk: int = 1024  # candidates scored at once (memory only; never changes the result)
+    allow_short_classes: bool = False  # distill classes with fewer training images than ipc (recorded in manifest)
 
 
 @dataclass

@@ -47,7 +47,11 @@ from d3hr.utils.seeding import generator_for
 
 FORMAT_VERSION = 1
 STAGES = ("generator", "invert", "select", "generate")
-CHECKPOINT_SECONDS = 30.0  # inversion writes its partial moments at most this often
+
+
+def _checkpoint_seconds() -> float:
+    """How often inversion writes its partial moments (seconds); D3HR_CHECKPOINT_SECONDS overrides the 30 s default."""
+    return float(os.environ.get("D3HR_CHECKPOINT_SECONDS", "30"))
 
 
 def _peak_rss_mb() -> float:
@@ -264,7 +268,7 @@ class Run:
             m0 = m0.merge(Moments.from_batch(z0.flatten(1), y, num_classes))
             mk = mk.merge(Moments.from_batch(zk.flatten(1), y, num_classes))
             bar.update(len(idx))
-            if time.time() - last_save > CHECKPOINT_SECONDS and b + 1 < len(batches):
+            if time.time() - last_save >= _checkpoint_seconds() and b + 1 < len(batches):
                 save_tensors(partial, {**m0.tensors("z0"), **mk.tensors("zk")}, {"key": key, "next_batch": b + 1})
                 last_save = time.time()
         bar.close()
@@ -298,6 +302,12 @@ class Run:
         s = self.cfg.select
         tensors, meta = load_tensors(self.root / "stats.safetensors")
         mean, std, skew = tensors["mean"], tensors["std"], tensors["skewness"]
+        short = [(meta["classes"][c], int(n)) for c, n in enumerate(tensors["count"]) if n < s.ipc]
+        if short and not s.allow_short_classes:
+            name, n = short[0]
+            more = f" (and {len(short) - 1} more classes)" if len(short) > 1 else ""
+            raise D3HRError(f"class '{name}' has {n} training images, fewer than ipc={s.ipc}{more}; "
+                            "pass --allow-short-classes to distill it anyway")
         for name, t in (("mean", mean), ("std", std), ("skewness", skew)):
             if not torch.isfinite(t).all():
                 c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
@@ -311,12 +321,13 @@ class Run:
         tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *shape), "index": sel.index, "pool": sel.pool,
                    "loss": sel.loss, "loss_first": sel.loss_first}
         save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "strategy": s.strategy, "ipc": s.ipc,
+                                    "short_classes": dict(short),
                                     "seed": self.cfg.seed, "candidates": s.candidates, "weights": s.weights,
                                     "pools": s.pools, "draws": "z = randn(64, ipc, D) per block, generator seeded "
                                     "by sha256('seed:pool:p:block:b')"})
         gain = float((1 - sel.loss / sel.loss_first.clamp_min(1e-12)).mean())
         self._record("select", key, time.time() - t0, mean_loss=float(sel.loss.mean()),
-                     mean_loss_gain_over_first=gain)
+                     mean_loss_gain_over_first=gain, short_classes=dict(short))
         say(f"[select] {s.strategy}: mean loss {float(sel.loss.mean()):.4f} "
             f"({100 * gain:.1f}% under a single random group)")
         return out
@@ -393,6 +404,7 @@ class Run:
             "class_folders": _class_folders(ds.classes),
             "method": "d3hr" if s.strategy == "group" else "base-rs",
             "ipc": s.ipc,
+            "short_classes": self.state().get("select", {}).get("short_classes", {}),
             "seeds": {"seed": self.cfg.seed},
             "generator": read_json(self.root / "generator.json") if (self.root / "generator.json").is_file()
             else None,

@@ -62,8 +62,12 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-    """Save tensors as safetensors with JSON-encoded metadata values, atomically."""
-    meta = {k: json.dumps(v) for k, v in metadata.items()}
+    """Save tensors as safetensors with the metadata as one JSON string, atomically.
+
+    One metadata key only: safetensors stores metadata in a hash map whose order varies between processes, so
+    several keys would make the bytes of identical artifacts differ from run to run.
+    """
+    meta = {"d3hr": json.dumps(metadata, sort_keys=True)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path, ".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -80,7 +84,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
         tensors = load_file(str(path))
-        meta = {k: json.loads(v) for k, v in raw.items()}
+        meta = json.loads(raw.get("d3hr", "{}"))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise D3HRError(f"corrupt safetensors file {path}: {exc}") from exc
     return tensors, meta

@@ -1,0 +1,158 @@
+"""``evaluate``: train students on a run's images, score them on the real test split, accumulate RUN/eval/results.json.
+
+results.json holds ``records`` (one per student, label mode, teacher, epochs, seed, image set and training setup:
+final-epoch top-1 on the full test split), ``summary`` (mean and sample std over the seeds of each group) and
+``teachers`` (the cached teachers used, with their own test top-1). A record already there is not retrained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from d3hr.config import Config, load_config
+from d3hr.data import load_dataset
+from d3hr.data.images import ImageSet
+from d3hr.data.registry import IMAGE_SUFFIXES
+from d3hr.errors import D3HRError
+from d3hr.evaluate.augment import Augment
+from d3hr.evaluate.results import append_record, read_results, record_key, summarise
+from d3hr.evaluate.students import check_student, create_student
+from d3hr.evaluate.teacher import flip_default, get_teacher
+from d3hr.evaluate.train import TrainSetup, train_model
+from d3hr.utils.io import read_json, sha256_file
+from d3hr.utils.progress import say
+from d3hr.utils.seeding import derive_seed
+
+LABELS = ("soft", "hard")
+STUDENT_CROP_SCALE = (0.08, 1.0)
+
+
+def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft", seeds: int | Sequence[int] = 3,
+             epochs: int = 300, device: str = "cpu", teacher: str | None = None, teacher_epochs: int | None = None,
+             batch_size: int = 64, lr: float = 1e-3, weight_decay: float = 0.01, temperature: float = 20.0,
+             flip: bool | None = None, precision: str = "fp32", best_of_last: int = 0) -> dict[str, Any]:
+    """Train ``student`` on RUN/images for each seed and append its final-epoch test top-1 to RUN/eval/results.json.
+
+    ``labels``: 'soft' (KL to the teacher at ``temperature``, RDED / D3HR protocol) or 'hard' (cross-entropy).
+    ``seeds``: a count (seeds 0..n-1) or the seeds; seed s fixes the student's init, data order and augmentation.
+    ``teacher``: architecture of the soft-label teacher (default 'convnet'), cached in RUN/../.teachers.
+    ``flip``: horizontal flips; None: on, except for digits and MNIST. ``best_of_last`` > 0 also records the best
+    top-1 over the last that many epochs (the authors' number; labelled as such). Returns the records of these seeds,
+    their summary, the teacher used and how many records were trained or skipped.
+    """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    _check_args(labels, seed_list, epochs, batch_size, precision, best_of_last)
+    teacher = (teacher or "convnet") if labels == "soft" else None
+    for name in (student, teacher):
+        if name is not None:
+            check_student(name)
+    root = Path(run_dir)
+    cfg, test, manifest = _open_run(root)
+    images, targets, digest = read_run_images(root, test, manifest)
+    flip = flip_default(cfg.data.name) if flip is None else flip
+    setup = TrainSetup(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                       temperature=temperature, precision=precision)
+    aug = Augment(test.resolution, scale=STUDENT_CROP_SCALE, flip=flip, cutmix=True)
+    setup_rec = {"batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "crop_scale": list(aug.scale),
+                 "flip": flip, "cutmix": "beta(1,1)", "precision": precision}
+    if labels == "soft":
+        setup_rec["temperature"] = temperature
+    base = {"student": student, "labels": labels, "teacher": teacher, "epochs": epochs, "images_sha256": digest,
+            "setup": setup_rec}
+    results_path = root / "eval" / "results.json"
+    previous = read_results(results_path)
+    done = {record_key(r): r for r in previous["records"]}
+    todo = [s for s in seed_list if record_key({**base, "seed": s}) not in done]
+    teacher_model, teacher_info = None, None
+    if todo and teacher is not None:
+        teacher_model, teacher_info = get_teacher(root, cfg.data, test, teacher, teacher_epochs, device)
+    test_pixels, test_targets = test.load(range(len(test))), torch.as_tensor(test.targets)
+    run_info = {"dataset": cfg.data.name, "classes": test.classes, "method": manifest.get("method"),
+                "ipc": manifest.get("ipc")}
+    records = []
+    for s in seed_list:
+        if s not in todo:
+            say(f"[evaluate] {student} {labels} {epochs} epochs seed {s}: already in {results_path}, skipped")
+            records.append(done[record_key({**base, "seed": s})])
+            continue
+        t0 = time.time()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(s, "student-init"))
+            model = create_student(student, len(test.classes), test.channels, test.resolution).to(device)
+        result = train_model(model, images, targets, setup, aug, s, teacher=teacher_model,
+                             test=(test_pixels, test_targets), track_last=best_of_last,
+                             desc=f"{student} {labels} seed {s}")
+        rec = {**base, "seed": s, "top1": result.top1, "train_images": len(images), "test_images": len(test),
+               "final_loss": result.losses[-1], "device": str(device), "seconds": round(time.time() - t0, 1)}
+        if best_of_last:
+            rec[f"top1_best_of_last_{best_of_last}_epochs"] = max(result.last_top1)
+        say(f"[evaluate] {student} {labels} {epochs} epochs seed {s}: top-1 {100 * result.top1:.2f}%")
+        append_record(results_path, rec, run_info, teacher_info)
+        records.append(rec)
+    summary = summarise(records)[0]
+    teacher_info = (teacher_info or previous["teachers"].get(teacher)) if teacher is not None else None
+    return {"results": str(results_path), "teacher": teacher_info, "records": records, "summary": summary,
+            "trained": len(todo), "skipped": len(seed_list) - len(todo)}
+
+
+def _check_args(labels: str, seeds: list[int], epochs: int, batch_size: int, precision: str,
+                best_of_last: int) -> None:
+    checks = [
+        (labels in LABELS, f"labels must be soft or hard, got {labels!r}"),
+        (len(seeds) >= 1, "seeds must name at least one seed"),
+        (len(set(seeds)) == len(seeds), f"seeds must be distinct, got {seeds}"),
+        (epochs >= 1, f"epochs must be >= 1, got {epochs}"),
+        (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
+        (precision in ("fp32", "bf16"), f"precision must be fp32 or bf16, got {precision!r}"),
+        (0 <= best_of_last <= epochs, f"best_of_last must be in [0, epochs={epochs}], got {best_of_last}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise D3HRError(msg)
+
+
+def _open_run(root: Path) -> tuple[Config, ImageSet, dict[str, Any]]:
+    """The run's config, the real test split of its dataset and its manifest ({} when there is none)."""
+    if not (root / "config.yaml").is_file():
+        raise D3HRError(f"{root} is not a run folder (no config.yaml)")
+    cfg = load_config(root / "config.yaml")
+    manifest = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
+    return cfg, load_dataset(cfg.data, "test"), manifest
+
+
+def read_run_images(root: Path, test: ImageSet, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """RUN/images as an ImageFolder: (N, C, H, W) uint8 at the dataset's resolution and channels, (N,) class
+    indices from the sorted folder names (checked against the manifest), and a sha256 over the files (names and
+    bytes) that keys the records."""
+    folder = root / "images"
+    if not folder.is_dir():
+        raise D3HRError(f"{folder} does not exist: distill the run first")
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(class_dirs) != len(test.classes):
+        raise D3HRError(f"{folder} has {len(class_dirs)} class folders but dataset '{test.name}' has "
+                        f"{len(test.classes)} classes")
+    if "classes" in manifest and list(manifest["classes"].values()) != test.classes:
+        raise D3HRError(f"{root / 'manifest.json'} lists other classes than dataset '{test.name}'")
+    if "class_folders" in manifest and manifest["class_folders"] != [p.name for p in class_dirs]:
+        raise D3HRError(f"the class folders in {folder} do not match 'class_folders' in {root / 'manifest.json'}")
+    files: list[Path] = []
+    targets: list[int] = []
+    for c, class_dir in enumerate(class_dirs):
+        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise D3HRError(f"class folder {class_dir} has no images")
+        files += found
+        targets += [c] * len(found)
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(folder).as_posix()}:{sha256_file(f)}\n".encode())
+    ds = ImageSet("run", test.classes, np.asarray(targets, dtype=np.int64), test.channels, test.resolution,
+                  files=files)
+    return ds.load(range(len(ds))), torch.as_tensor(ds.targets), h.hexdigest()

@@ -1,0 +1,113 @@
+"""evaluate() on a tiny digits run: records, skipping finished ones, one shared teacher, hard labels, bad input."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from d3hr.errors import D3HRError
+from d3hr.evaluate import evaluate
+from d3hr.utils.io import read_json, write_json
+
+from .conftest import IPC, TEACHER_EPOCHS, make_run
+
+FAST = {"epochs": 3, "teacher_epochs": TEACHER_EPOCHS}
+
+
+def _teacher_file(run: Path) -> Path:
+    (found,) = (run.parent / ".teachers").glob("*/convnet.safetensors")
+    return found
+
+
+def test_soft_labels_write_records_skip_reruns_and_share_the_teacher(run_dir: Path, monkeypatch) -> None:
+    out = evaluate(run_dir, seeds=2, best_of_last=2, **FAST)
+    assert (out["trained"], out["skipped"]) == (2, 0)
+    results = read_json(run_dir / "eval" / "results.json")
+    assert len(results["records"]) == 2 and [r["seed"] for r in results["records"]] == [0, 1]
+    for rec in results["records"]:
+        assert (rec["student"], rec["labels"], rec["teacher"], rec["epochs"]) == ("convnet", "soft", "convnet", 3)
+        assert 0.0 <= rec["top1"] <= 1.0 and rec["test_images"] == 360 and rec["train_images"] == 10 * IPC
+        assert rec["top1"] <= rec["top1_best_of_last_2_epochs"]
+        assert rec["setup"]["temperature"] == 20.0 and rec["setup"]["flip"] is False  # digits: no flips
+    (summary,) = results["summary"]
+    assert summary["n"] == 2 and summary["seeds"] == [0, 1]
+    assert summary["top1_mean"] == pytest.approx(sum(r["top1"] for r in results["records"]) / 2)
+    teacher = results["teachers"]["convnet"]
+    assert teacher["epochs"] == TEACHER_EPOCHS and 0.5 < teacher["test_top1"] <= 1.0
+    assert teacher["train_images"] == 1437  # the full training split
+    assert read_json(_teacher_file(run_dir).with_suffix(".json"))["test_top1"] == teacher["test_top1"]
+
+    # Rerun: nothing is retrained; a new seed trains one student against the cached teacher.
+    mtime = _teacher_file(run_dir).stat().st_mtime_ns
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached teacher was retrained")
+
+    # d3hr.evaluate is also the public function, so patch the module object, not a dotted path.
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluate.teacher"), "_train_teacher", no_training)
+    again = evaluate(run_dir, seeds=2, best_of_last=2, **FAST)
+    assert (again["trained"], again["skipped"]) == (0, 2) and again["records"] == out["records"]
+    more = evaluate(run_dir, seeds=[0, 1, 2], best_of_last=2, **FAST)
+    assert (more["trained"], more["skipped"]) == (1, 2) and more["summary"]["n"] == 3
+    assert _teacher_file(run_dir).stat().st_mtime_ns == mtime
+    results = read_json(run_dir / "eval" / "results.json")
+    assert len(results["records"]) == 3 and results["summary"][0]["n"] == 3
+
+    # A sibling run (another method on the same dataset) is scored against the same teacher.
+    sibling = evaluate(make_run(run_dir.parent / "sibling", ipc=2), seeds=1, **FAST)
+    assert sibling["teacher"]["path"] == str(_teacher_file(run_dir))
+    with pytest.raises(D3HRError, match="trained for 2 epochs, not 5"):
+        evaluate(run_dir, seeds=[7], epochs=3, teacher_epochs=5)
+
+
+def test_hard_labels_need_no_teacher(run_dir: Path) -> None:
+    out = evaluate(run_dir, labels="hard", seeds=1, epochs=2)
+    (rec,) = out["records"]
+    assert rec["labels"] == "hard" and rec["teacher"] is None and "temperature" not in rec["setup"]
+    assert out["teacher"] is None and not (run_dir.parent / ".teachers").exists()
+    assert read_json(run_dir / "eval" / "results.json")["summary"][0]["labels"] == "hard"
+
+
+def test_changed_images_are_new_records(run_dir: Path) -> None:
+    evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    shutil.copy(run_dir / "images" / "0_0" / "00000.png", run_dir / "images" / "0_0" / "00099.png")
+    out = evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    assert out["trained"] == 1
+    assert len(read_json(run_dir / "eval" / "results.json")["summary"]) == 2
+
+
+def test_bad_runs_are_one_line_errors(run_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(D3HRError, match="not a run folder"):
+        evaluate(tmp_path / "nowhere", labels="hard", seeds=1, epochs=1)
+    with pytest.raises(D3HRError, match="labels must be soft or hard"):
+        evaluate(run_dir, labels="fuzzy")
+    with pytest.raises(D3HRError, match="unknown student"):
+        evaluate(run_dir, student="convnett", labels="hard")
+    shutil.rmtree(run_dir / "images" / "9_9")
+    with pytest.raises(D3HRError, match="9 class folders but dataset 'digits' has 10 classes"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    shutil.rmtree(run_dir / "images")
+    with pytest.raises(D3HRError, match="does not exist: distill the run first"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+
+
+def test_soft_labels_learn(run_dir: Path) -> None:
+    """A sanity floor, not a benchmark: 5 real digits per class, a 10-epoch teacher, 50 student epochs (measured:
+    teacher 93%, student 72%; chance is 10%)."""
+    out = evaluate(run_dir, seeds=1, epochs=50, batch_size=16, teacher_epochs=10)
+    assert out["teacher"]["test_top1"] > 0.85
+    assert out["records"][0]["top1"] > 0.5
+
+
+def test_manifest_must_match_the_folders(run_dir: Path) -> None:
+    folders = [f"{c}_{c}" for c in range(10)]
+    write_json(run_dir / "manifest.json", {"classes": {str(c): str(c) for c in range(10)},
+                                           "class_folders": [*folders[:9], "9_nine"]})
+    with pytest.raises(D3HRError, match="do not match 'class_folders'"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    write_json(run_dir / "manifest.json", {"classes": {str(c): f"digit {c}" for c in range(10)}})
+    with pytest.raises(D3HRError, match="lists other classes than dataset 'digits'"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)

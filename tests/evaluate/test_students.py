@@ -1,0 +1,47 @@
+"""Every registered student builds and runs on small grayscale and RGB images (as timm tests every model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from d3hr.errors import D3HRError
+from d3hr.evaluate import create_student, list_students
+from d3hr.evaluate.students import ConvNet
+
+
+@pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])
+@pytest.mark.parametrize("name", list_students())
+def test_every_student_runs(name: str, channels: int, size: int) -> None:
+    torch.manual_seed(0)
+    model = create_student(name, num_classes=7, channels=channels, image_size=size)
+    model.train()
+    logits = model(torch.randn(2, channels, size, size))
+    assert logits.shape == (2, 7)
+    assert torch.isfinite(logits).all()
+    logits.sum().backward()
+
+
+def test_convnet_depth_adapts_to_small_images() -> None:
+    assert ConvNet(10, 1, 8, depth=3).depth == 3  # 8 -> 4 -> 2 -> 1
+    assert ConvNet(10, 1, 4, depth=3).depth == 2  # capped: instance norm needs >= 2x2 positions
+    assert ConvNet(10, 3, 32, depth=3).classifier.in_features == 128 * 4 * 4
+    norms = [m for m in ConvNet(10, 3, 32).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 3 and all(n.num_groups == n.num_channels == 128 for n in norms)  # instance norm
+
+
+def test_resnet18_small_stem() -> None:
+    model = create_student("resnet18", 10, 3, 32)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, torch.nn.Identity)
+    assert create_student("resnet18", 10, 3, 224).conv1.kernel_size == (7, 7)
+
+
+def test_torchvision_fallback_takes_grayscale() -> None:
+    model = create_student("mobilenet_v3_small", 5, 1, 32).eval()
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 5)
+
+
+def test_unknown_student_suggests_a_name() -> None:
+    with pytest.raises(D3HRError, match="did you mean 'resnet18'"):
+        create_student("resnet-18", 10, 3, 32)

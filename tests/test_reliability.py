@@ -1,0 +1,133 @@
+"""Interrupted runs resume to byte-identical files; concurrent runs are refused; manifests verify; disk-full is safe."""
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from d3hr.cli import main
+from d3hr.errors import D3HRError
+from d3hr.utils.io import write_text
+from tests.conftest import FAST_TRAIN
+
+# Small work units so that a kill lands mid-stage: 12 inversion batches, checkpointed after each.
+ARGS = ["--dataset", "digits", "--ipc", "4"] + [a for s in [*FAST_TRAIN, "diffusion.batch_size=50"]
+                                               for a in ("--set", s)]
+
+
+def _digests(run: Path) -> dict[str, str]:
+    names = ["stats.safetensors", "selection.safetensors"] + [
+        p.relative_to(run).as_posix() for p in sorted((run / "images").rglob("*.png"))]
+    return {n: hashlib.sha256((run / n).read_bytes()).hexdigest() for n in names}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run = tmp_path_factory.mktemp("ref") / "run"
+    assert main(["distill", *ARGS, "--out", str(run)]) == 0
+    return run
+
+
+def _kill_when(run: Path, ready, timeout: float = 300.0) -> None:
+    """Start `d3hr distill` in a subprocess and SIGKILL it as soon as ``ready(run)`` is true."""
+    # Same thread count as this process: CPU kernels may round differently with another number of threads.
+    env = {**os.environ, "D3HR_CHECKPOINT_SECONDS": "0", "D3HR_QUIET": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen([sys.executable, "-m", "d3hr", "distill", *ARGS, "--out", str(run)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not ready(run):
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert time.time() - t0 < timeout
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_killed_during_inversion_resumes_identically(reference, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    _kill_when(run, lambda r: (r / "stats.partial.safetensors").is_file())
+    assert not (run / "stats.safetensors").exists()
+    monkeypatch.setenv("D3HR_QUIET", "0")
+    assert main(["distill", *ARGS, "--out", str(run)]) == 0
+    assert "[invert] resuming at batch" in capsys.readouterr().err
+    assert _digests(run) == _digests(reference)
+
+
+def test_killed_during_generation_resumes_identically(reference, tmp_path):
+    run = tmp_path / "run"
+
+    def some_classes_done(r):
+        done = r / "images.partial" / ".done.json"
+        return done.is_file() and len(json.loads(done.read_text())["classes"]) >= 2
+
+    _kill_when(run, some_classes_done)
+    assert not (run / "images").exists()
+    assert main(["distill", *ARGS, "--out", str(run)]) == 0
+    assert _digests(run) == _digests(reference)
+
+
+def test_second_writer_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        assert main(["distill", *ARGS, "--out", str(run)]) == 2
+    finally:
+        os.close(fd)
+    assert f"run folder {run} is in use by another d3hr process" in capsys.readouterr().err
+
+
+def test_verify_reports_changed_missing_and_extra_files(reference, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(reference, run)
+    assert main(["verify", str(run)]) == 0
+    pngs = sorted((run / "images").rglob("*.png"))
+    pngs[0].write_bytes(pngs[1].read_bytes())
+    pngs[2].unlink()
+    (pngs[3].parent / "99999.png").write_bytes(pngs[3].read_bytes())
+    capsys.readouterr()
+    assert main(["verify", str(run)]) == 1
+    out = capsys.readouterr().out
+    rel = [p.relative_to(run).as_posix() for p in pngs]
+    assert f"{rel[0]}: sha256 differs from the manifest" in out
+    assert f"{rel[2]}: missing" in out
+    assert "99999.png: not in the manifest" in out
+
+
+def test_short_class_is_an_error_unless_allowed(reference, tmp_path, capsys):
+    args = [a if a != "data.limit=600" else "data.limit=40" for a in ARGS]
+    assert main(["distill", *args, "--ipc", "5", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "has 3 training images, fewer than ipc=5" in err and "--allow-short-classes" in err
+    assert not (tmp_path / "r" / "selection.safetensors").exists()
+    assert main(["distill", *args, "--ipc", "5", "--allow-short-classes", "--out", str(tmp_path / "r")]) == 0
+    manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert manifest["short_classes"] and all(n < 5 for n in manifest["short_classes"].values())
+
+
+def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch):
+    target = tmp_path / "config.yaml"
+    write_text(target, "old: 1\n")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(D3HRError, match=f"disk full while writing {target}; the previous version is intact"):
+        write_text(target, "new: 2\n")
+    monkeypatch.undo()
+    assert target.read_text() == "old: 1\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left behind
