@@ -131,3 +131,41 @@ def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_text() == "old: 1\n"
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left behind
+
+
+def _tampered_copy(reference, tmp_path, name, change):
+    """A copy of the reference run with one artifact rewritten by ``change`` and every later output removed."""
+    import shutil
+
+    from d3hr.utils.io import load_tensors, save_tensors
+
+    run = tmp_path / "tampered"
+    shutil.copytree(reference, run)
+    tensors, meta = load_tensors(run / name)
+    save_tensors(run / name, change(tensors), meta)
+    later = {"stats.safetensors": ["selection.safetensors", "images"], "selection.safetensors": ["images"]}[name]
+    for p in later:
+        shutil.rmtree(run / p) if (run / p).is_dir() else (run / p).unlink()
+    return run
+
+
+def test_nan_statistics_are_refused(reference, tmp_path, capsys):
+    def poison(t):
+        t["std"][3, 5] = float("nan")
+        return t
+
+    run = _tampered_copy(reference, tmp_path, "stats.safetensors", poison)
+    assert main(["distill", *ARGS, "--out", str(run)]) == 2
+    assert "stats.safetensors: non-finite std for class '3'" in capsys.readouterr().err
+    assert not (run / "selection.safetensors").exists()
+
+
+def test_selection_of_the_wrong_shape_is_refused(reference, tmp_path, capsys):
+    def reshape(t):
+        t["latents"] = t["latents"].reshape(10, 4, 4, 2, 8)
+        return t
+
+    run = _tampered_copy(reference, tmp_path, "selection.safetensors", reshape)
+    assert main(["generate", *ARGS, "--out", str(run)]) == 2
+    assert "selection latents have shape (4, 2, 8) but the generator takes (4, 4, 4)" in capsys.readouterr().err
+    assert not (run / "images").exists()

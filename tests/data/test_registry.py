@@ -86,3 +86,25 @@ def test_pad_fit_round_trips_pixels_exactly():
     assert x.shape == (3, 1, 32, 32) and float(x[..., 0, 0].max()) == -1.0
     assert torch.equal(fit_to_saved(x, 28, "pad"), images)
     assert fit_to_saved(x, 28, "pad", save_size=56).shape == (3, 1, 56, 56)
+
+
+def test_truncated_jpeg_is_named(tmp_path):
+    _make_folder(tmp_path, ["a"])
+    jpg = tmp_path / "train" / "a" / "photo.jpg"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(jpg, quality=95)
+    jpg.write_bytes(jpg.read_bytes()[:200])
+    ds = load_dataset(DataConfig("imagefolder", root=str(tmp_path)), "train")
+    with pytest.raises(D3HRError, match=r"cannot read image .*photo\.jpg"):
+        ds.load(range(len(ds)))
+
+
+def test_mixed_modes_are_converted_and_said_once(tmp_path):
+    _make_folder(tmp_path, ["a"], mode="L")
+    for i, mode in enumerate(["RGBA", "RGBA", "P"]):
+        Image.new(mode, (12, 12)).save(tmp_path / "train" / "a" / f"x{i}.png")
+    ds = load_dataset(DataConfig("imagefolder", root=str(tmp_path), image_size=8), "train")
+    with pytest.warns(UserWarning) as record:
+        batch = ds.load(range(len(ds)))
+    assert batch.shape == (len(ds), 3, 8, 8)
+    said = sorted(str(w.message).split(" images")[0] for w in record)
+    assert said == ["converting L", "converting P", "converting RGBA"]
