@@ -23,6 +23,7 @@ fashion-mnist:
 
 demo: install
 	$(VENV)/bin/d3hr distill --dataset digits --ipc 10 --out $(DEMO_OUT)
+	$(VENV)/bin/d3hr evaluate $(DEMO_OUT) --student convnet --labels soft --seeds 3 --epochs 300
 
 test: install fashion-mnist
 	$(PY) -m pytest -q
