@@ -24,6 +24,7 @@ fashion-mnist:
 demo: install
 	$(VENV)/bin/d3hr distill --dataset digits --ipc 10 --out $(DEMO_OUT)
 	$(VENV)/bin/d3hr evaluate $(DEMO_OUT) --student convnet --labels soft --seeds 3 --epochs 300
+	$(VENV)/bin/d3hr report $(DEMO_OUT)
 
 test: install fashion-mnist
 	$(PY) -m pytest -q

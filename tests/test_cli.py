@@ -96,3 +96,11 @@ def test_bad_config_gives_one_line_error(tmp_path, capsys):
     assert main(["distill", "--out", str(tmp_path / "x"), "--inversion-steps", "60"]) == 2
     assert "inversion_steps (K=60) must be in [0, num_steps=50)" in capsys.readouterr().err
     assert not (tmp_path / "x" / "stats.safetensors").exists()
+
+
+def test_report_and_verify_commands(digits_run, capsys):
+    assert main(["report", str(digits_run)]) == 0
+    html = (digits_run / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Normality" in html
+    assert main(["verify", str(digits_run)]) == 0
+    assert "matches its manifest" in capsys.readouterr().out

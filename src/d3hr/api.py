@@ -34,7 +34,7 @@ def invert(cfg: Config | None = None, **overrides: Any) -> Path:
 
 
 def select(cfg: Config | None = None, **overrides: Any) -> Path:
-    """Group sampling (or Base-RS); returns RUN/selection.safetensors."""
+    """Choose the distilled set (group sampling, Base-RS or a baseline method); returns RUN/selection.safetensors."""
     run = Run(_config(cfg, overrides))
     with run.locked():
         return run.stage_select()
@@ -57,10 +57,14 @@ def distill(cfg: Config | None = None, **overrides: Any) -> dict[str, Any]:
         run.stage_generate()
         manifest = run.write_manifest()
     root = run.root
-    return {"run": str(root), "images": str(root / "images"), "stats": str(root / "stats.safetensors"),
-            "selection": str(root / "selection.safetensors"), "manifest": str(manifest),
-            "config": str(root / "config.yaml"), "generator": str(run.generator_dir()),
-            "seconds": round(time.time() - t0, 1), "stages": run.state()}
+    out = {"run": str(root), "method": run.method, "images": str(root / "images"),
+           "selection": str(root / "selection.safetensors"), "manifest": str(manifest),
+           "config": str(root / "config.yaml"), "seconds": round(time.time() - t0, 1), "stages": run.state()}
+    if (root / "stats.safetensors").is_file():
+        out["stats"] = str(root / "stats.safetensors")
+    if (root / "generator.json").is_file():
+        out["generator"] = read_json(root / "generator.json")["path"]
+    return out
 
 
 def load_run(path: str | Path) -> dict[str, Any]:

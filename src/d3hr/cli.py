@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from d3hr import api
-from d3hr.config import Config, load_config, nest, parse_override
+from d3hr.config import METHODS, Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
 
 STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select": api.select,
@@ -17,8 +17,8 @@ STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select"
 # CLI flag -> dotted config key.
 FLAGS = {"dataset": "data.name", "root": "data.root", "download": "data.download", "limit": "data.limit",
          "image_size": "data.image_size", "generator": "generator.path", "class_map": "generator.class_map",
-         "ipc": "select.ipc", "strategy": "select.strategy", "candidates": "select.candidates",
-         "pools": "select.pools", "inversion_steps": "diffusion.inversion_steps",
+         "ipc": "select.ipc", "method": "select.method", "strategy": "select.strategy",
+         "candidates": "select.candidates", "pools": "select.pools", "inversion_steps": "diffusion.inversion_steps",
          "num_steps": "diffusion.num_steps", "guidance": "diffusion.guidance_scale",
          "precision": "diffusion.precision", "seed": "seed", "device": "device",
          "allow_short_classes": "select.allow_short_classes"}
@@ -37,6 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", help="diffusers directory or hub id with vae/ and transformer/")
     p.add_argument("--class-map", help="'imagenet' or a JSON file {class name: generator label}")
     p.add_argument("--ipc", type=int, help="images per class")
+    p.add_argument("--method", help=f"distillation method: {' | '.join(METHODS)} (default d3hr)")
     p.add_argument("--strategy", choices=["group", "random"], help="group sampling (D3HR) or random (Base-RS)")
     p.add_argument("--candidates", type=int, help="candidate groups per class (m)")
     p.add_argument("--pools", type=int, help="independent candidate pools shared among classes")
@@ -60,6 +61,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
         _add_common(p)
     p = sub.add_parser("verify", help="check every file of a run against the sha256 in its manifest")
+    p.add_argument("run", help="run folder")
+    p = sub.add_parser("compare", help="distill and evaluate a grid of methods x IPC x seeds; write a table + plot")
+    p.add_argument("--out", "-o", required=True, help="folder for the grid's runs, results.md/json, accuracy.png")
+    p.add_argument("--dataset")
+    p.add_argument("--root")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--generator")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--device")
+    p.add_argument("--methods", default="d3hr,base-rs,base-ddpm,random-real,herding,kmeans-latent")
+    p.add_argument("--ipc", default="1,10,50", help="comma-separated IPC values")
+    p.add_argument("--seeds", type=int, default=3, help="distillation seeds, each scored by its own student seed")
+    p.add_argument("--labels", default="soft", help="soft, hard or soft,hard")
+    p.add_argument("--student", default="convnet")
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
+    p = sub.add_parser("report", help="write RUN/report.html: image grid, accuracy table, normality diagnostics")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
     p.add_argument("run", help="run folder")
@@ -89,7 +108,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.out:
         cfg.out = args.out
     elif base is None:
-        cfg.out = f"runs/{cfg.data.name}-ipc{cfg.select.ipc}"
+        suffix = "" if cfg.select.method == "d3hr" else f"-{cfg.select.method}"
+        cfg.out = f"runs/{cfg.data.name}-ipc{cfg.select.ipc}{suffix}"
     return cfg
 
 
@@ -120,6 +140,45 @@ def _verify(run: str) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from d3hr.compare import compare
+
+    overrides = [nest(key, getattr(args, flag)) for flag, key in
+                 (("dataset", "data.name"), ("root", "data.root"), ("limit", "data.limit"),
+                  ("generator", "generator.path"), ("device", "device")) if getattr(args, flag) is not None]
+    try:
+        base = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
+        sweep = None
+        if args.sweep:
+            key, values = parse_override(args.sweep)
+            sweep = (key, values if isinstance(values, list) else [values])
+        ipcs = [int(v) for v in args.ipc.split(",") if v.strip()]
+        result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], ipcs, args.seeds,
+                         args.out, labels=[v.strip() for v in args.labels.split(",")], student=args.student,
+                         epochs=args.epochs, sweep=sweep)
+    except D3HRError as exc:
+        print(f"d3hr: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"d3hr: error: --ipc must be comma-separated integers ({exc})", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "results.md").read_text())
+    print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
+    return 0
+
+
+def _report(run: str) -> int:
+    from d3hr.report import write_report
+
+    try:
+        path = write_report(run)
+    except D3HRError as exc:
+        print(f"d3hr: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"d3hr: wrote {path}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from d3hr.evaluate import evaluate
 
@@ -144,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         return _verify(args.run)
     if args.command == "evaluate":
         return _evaluate(args)
+    if args.command == "report":
+        return _report(args.run)
+    if args.command == "compare":
+        return _compare(args)
     try:
         cfg = config_from_args(args)
         fn = api.distill if args.command == "distill" else STAGES[args.command]

@@ -14,6 +14,9 @@ import yaml
 
 from d3hr.errors import D3HRError
 
+# Distillation methods (DESIGN.md section 4); 'full' (the whole training set) is scored without distilling.
+METHODS = ("d3hr", "base-rs", "random-real", "herding", "kmeans-latent", "base-ddpm")
+
 
 @dataclass
 class DataConfig:
@@ -63,6 +66,7 @@ class GeneratorConfig:
     class_map: str | None = None  # 'imagenet' or a JSON file: class name -> generator label index
     cache_dir: str | None = None  # where trained generators are cached; default $D3HR_CACHE or ~/.cache/d3hr
     precision: str = "fp32"  # training autocast: fp32 | bf16 (bf16 measured slower for these small models on CPU)
+    seed: int = 0  # training seed: one generator serves every distillation seed
     vae: VAEConfig = field(default_factory=VAEConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
 
@@ -84,9 +88,10 @@ class DiffusionConfig:
 
 @dataclass
 class SelectConfig:
-    """Group sampling (D3HR) or plain random sampling (Base-RS) in the inverted domain."""
+    """What is distilled: group sampling (D3HR) or a baseline (see ``METHODS`` and d3hr.distill.baselines)."""
 
-    strategy: str = "group"  # group | random (Base-RS)
+    method: str = "d3hr"  # one of METHODS; base-rs is d3hr with strategy random
+    strategy: str = "group"  # group | random (Base-RS); read by method d3hr only
     ipc: int = 10
     candidates: int = 10000  # m: candidate groups per class
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.5])  # lambda_mu, lambda_sigma, lambda_gamma
@@ -250,6 +255,9 @@ def validate(cfg: Config) -> None:
     """Reject values that cannot run, with a one-line error naming the value."""
     d, s = cfg.diffusion, cfg.select
     checks = [
+        (s.method != "full", "select.method 'full' is the whole training set, not a distilled set: "
+                             "d3hr distill does not make it"),
+        (s.method in METHODS, f"select.method must be one of {', '.join(METHODS)}, got {s.method!r}"),
         (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),
         (s.candidates >= 1, f"select.candidates must be >= 1, got {s.candidates}"),
         (s.chunk >= 1, f"select.chunk must be >= 1, got {s.chunk}"),

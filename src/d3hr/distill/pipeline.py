@@ -1,5 +1,9 @@
 """The staged pipeline: generator -> invert (stats) -> select -> generate, each skipped when unchanged.
 
+Every method (select.method) writes the same run folder. d3hr and base-rs run every stage; the baselines skip
+inversion: random-real and herding select real training images (no generator), kmeans-latent selects decoded
+k-means centroids of VAE latents (level 0, no sampling steps) and base-ddpm real latents noised forward to level K.
+
 Each stage has a key: the sha256 of its configuration and of the keys of the stages it reads. A stage whose key
 matches RUN/stages.json and whose outputs exist is skipped; one that changed is redone, and so is everything after
 it. Long stages write resumable partial state, and every artifact is written to a temporary name and renamed.
@@ -27,12 +31,21 @@ from d3hr.config import Config, validate
 from d3hr.data import fit_to_model, fit_to_saved, load_dataset, resolve_presets, safe_class_dir
 from d3hr.data.images import ImageSet
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
+from d3hr.distill.baselines import (
+    KMEANS_INIT,
+    forward_noise,
+    herding_indices,
+    kmeans_centroids,
+    penultimate_features,
+    random_subset,
+)
 from d3hr.distill.group import select_groups
 from d3hr.distill.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, build_small, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
 from d3hr.utils.io import (
+    atomic_path,
     load_tensors,
     read_json,
     replace_dir,
@@ -43,10 +56,13 @@ from d3hr.utils.io import (
     write_text,
 )
 from d3hr.utils.progress import progress, say
-from d3hr.utils.seeding import generator_for
+from d3hr.utils.seeding import derive_seed, generator_for
 
 FORMAT_VERSION = 1
 STAGES = ("generator", "invert", "select", "generate")
+INVERT_METHODS = ("d3hr", "base-rs")  # methods that select from per-class statistics of inverted latents
+GENERATOR_METHODS = (*INVERT_METHODS, "kmeans-latent", "base-ddpm")
+HERDING_TEACHER = "convnet"  # the teacher (d3hr.evaluate.teacher) whose penultimate features herding uses
 
 
 def _checkpoint_seconds() -> float:
@@ -117,6 +133,12 @@ class Run:
 
     # ----- shared inputs -----------------------------------------------------------------------------------
     @property
+    def method(self) -> str:
+        """The method run: select.method, with d3hr under select.strategy=random being base-rs."""
+        s = self.cfg.select
+        return "base-rs" if s.method == "d3hr" and s.strategy == "random" else s.method
+
+    @property
     def train_set(self) -> ImageSet:
         if self._train is None:
             self._train = load_dataset(self.cfg.data, "train")
@@ -133,7 +155,7 @@ class Run:
             return sha256_json({"pretrained": str(Path(g.path).resolve()) if Path(g.path).exists() else g.path,
                                 "class_map": g.class_map})
         return sha256_json({"data": self.data_identity(), "vae": asdict(g.vae), "dit": asdict(g.dit),
-                            "precision": g.precision, "seed": self.cfg.seed})
+                            "precision": g.precision, "seed": g.seed})
 
     def generator_dir(self) -> Path:
         if self.cfg.generator.path is not None:
@@ -189,25 +211,21 @@ class Run:
         g = cfg.generator
         partial = path.with_name(path.name + ".partial")
         partial.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(g.seed)
         gen = build_small(len(ds.classes), ds.channels, cfg.data.image_size, g.vae.block_out_channels,
                           g.vae.latent_channels, g.vae.layers_per_block, g.dit.num_layers,
                           g.dit.num_attention_heads, g.dit.attention_head_dim, g.dit.patch_size).to(self.device)
         say(f"[generator] training a small VAE + DiT on {len(ds)} {ds.name} images -> {path}")
-        t0 = time.time()
-        vae_losses = train_vae(gen, ds, g.vae, cfg.data.image_size, cfg.data.fit, cfg.seed, g.precision,
-                               partial / "vae.ckpt.safetensors")
-        t_vae = time.time() - t0
+        vae_losses, t_vae = train_vae(gen, ds, g.vae, cfg.data.image_size, cfg.data.fit, g.seed, g.precision,
+                                      partial / "vae.ckpt.safetensors")
         z = encode_dataset(gen, ds, cfg.data.image_size, cfg.data.fit)  # (N, c, h, w) unscaled
         scale = 1.0 / float(z.float().std())
         gen.vae.register_to_config(scaling_factor=scale)
         labels = torch.as_tensor(ds.targets)
-        t1 = time.time()
-        dit_losses = train_dit(gen, z * scale, labels, g.dit, cfg.seed, g.precision,
-                               partial / "dit.ckpt.safetensors")
-        t_dit = time.time() - t1
+        dit_losses, t_dit = train_dit(gen, z * scale, labels, g.dit, g.seed, g.precision,
+                                      partial / "dit.ckpt.safetensors")
         gen.info = {"trained_by": f"d3hr {__version__}", "dataset": self.data_identity(), "classes": ds.classes,
-                    "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": cfg.seed, "scaling_factor": scale,
+                    "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": g.seed, "scaling_factor": scale,
                     "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
                     "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
         out = path.with_name(path.name + ".out")
@@ -233,6 +251,16 @@ class Run:
             say(f"[invert] unchanged, skipped ({out})")
             rec = self.state()["invert"]
             say(_normality_table(rec["normality_z0"], rec["normality_zk"], self.cfg.diffusion.inversion_steps))
+            return out
+        cached = cache_root(self.cfg) / "stats" / f"{key[:16]}.safetensors"
+        if cached.is_file() and load_tensors(cached)[1].get("key") == key:
+            with atomic_path(out, ".safetensors") as tmp:
+                shutil.copyfile(cached, tmp)
+            _, meta = load_tensors(out)
+            self._record("invert", key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
+                         normality_zk=meta["normality_zk"])
+            say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
+            say(_normality_table(meta["normality_z0"], meta["normality_zk"], self.cfg.diffusion.inversion_steps))
             return out
         gen = self.generator()
         t0 = time.time()
@@ -281,79 +309,170 @@ class Run:
                 "inversion_steps": d.inversion_steps, "num_steps": d.num_steps,
                 "guidance_scale": d.guidance_scale, "normality_z0": before, "normality_zk": after}
         save_tensors(out, tensors, meta)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cached, ".safetensors") as tmp:
+            shutil.copyfile(out, tmp)
         partial.unlink(missing_ok=True)
         self._record("invert", key, time.time() - t0, images=len(ds), normality_z0=before, normality_zk=after)
         say(_normality_table(before, after, d.inversion_steps))
         return out
 
     def select_key(self) -> str:
-        s = self.cfg.select
-        return sha256_json({"invert": self.invert_key(), "select": asdict(s), "seed": self.cfg.seed})
+        s, d, method = self.cfg.select, self.cfg.diffusion, self.method
+        if method in INVERT_METHODS:  # the key of the select config as it was before methods (old runs still skip)
+            sel = {k: v for k, v in asdict(s).items() if k != "method"}
+            sel["strategy"] = "random" if method == "base-rs" else "group"
+            return sha256_json({"invert": self.invert_key(), "select": sel, "seed": self.cfg.seed})
+        key: dict[str, Any] = {"method": method, "data": self.data_identity(), "ipc": s.ipc,
+                               "allow_short_classes": s.allow_short_classes}
+        if method == "herding":
+            key["features"] = f"teacher {HERDING_TEACHER} penultimate"
+        else:
+            key["seed"] = self.cfg.seed
+        if method in GENERATOR_METHODS:
+            key["generator"] = self.generator_key()
+        if method == "kmeans-latent":
+            key["n_init"] = KMEANS_INIT
+        if method == "base-ddpm":
+            key.update(num_steps=d.num_steps, inversion_steps=d.inversion_steps, guidance_scale=d.guidance_scale)
+        return sha256_json(key)
 
     def stage_select(self) -> Path:
-        """Group sampling (or Base-RS) of IPC latents per class in the inverted domain."""
-        self.stage_invert()
+        """Choose IPC latents (or real images) per class: group sampling, Base-RS or a baseline."""
+        if self.method in INVERT_METHODS:
+            self.stage_invert()
         out = self.root / "selection.safetensors"
         key = self.select_key()
         if self._done("select", key, [out]):
             say(f"[select] unchanged, skipped ({out})")
             return out
+        if self.method in INVERT_METHODS:
+            self._select_groups(out, key)
+        else:
+            self._select_baseline(out, key)
+        return out
+
+    def _select_groups(self, out: Path, key: str) -> None:
+        """Group sampling (or Base-RS) of IPC latents per class in the inverted domain."""
         t0 = time.time()
         s = self.cfg.select
+        strategy = "random" if self.method == "base-rs" else "group"
         tensors, meta = load_tensors(self.root / "stats.safetensors")
         mean, std, skew = tensors["mean"], tensors["std"], tensors["skewness"]
-        short = [(meta["classes"][c], int(n)) for c, n in enumerate(tensors["count"]) if n < s.ipc]
-        if short and not s.allow_short_classes:
-            name, n = short[0]
-            more = f" (and {len(short) - 1} more classes)" if len(short) > 1 else ""
-            raise D3HRError(f"class '{name}' has {n} training images, fewer than ipc={s.ipc}{more}; "
-                            "pass --allow-short-classes to distill it anyway")
+        short = _short_classes(meta["classes"], tensors["count"].tolist(), s.ipc, s.allow_short_classes)
         for name, t in (("mean", mean), ("std", std), ("skewness", skew)):
             if not torch.isfinite(t).all():
                 c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
                 raise D3HRError(f"stats.safetensors: non-finite {name} for class '{meta['classes'][c]}'")
-        bar = progress(len(mean), f"select ({s.strategy}, m={s.candidates if s.strategy == 'group' else 1})",
-                       "class")
+        bar = progress(len(mean), f"select ({strategy}, m={s.candidates if strategy == 'group' else 1})", "class")
         sel = select_groups(mean, std, skew, s.ipc, s.candidates, tuple(s.weights), self.cfg.seed, s.pools,
-                            s.chunk, s.strategy, progress=bar.update)
+                            s.chunk, strategy, progress=bar.update)
         bar.close()
         shape = meta["latent_shape"]
         tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *shape), "index": sel.index, "pool": sel.pool,
                    "loss": sel.loss, "loss_first": sel.loss_first}
-        save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "strategy": s.strategy, "ipc": s.ipc,
-                                    "short_classes": dict(short),
+        save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "strategy": strategy, "ipc": s.ipc,
+                                    "short_classes": short,
                                     "seed": self.cfg.seed, "candidates": s.candidates, "weights": s.weights,
                                     "pools": s.pools, "draws": "z = randn(64, ipc, D) per block, generator seeded "
                                     "by sha256('seed:pool:p:block:b')"})
         gain = float((1 - sel.loss / sel.loss_first.clamp_min(1e-12)).mean())
         self._record("select", key, time.time() - t0, mean_loss=float(sel.loss.mean()),
-                     mean_loss_gain_over_first=gain, short_classes=dict(short))
-        say(f"[select] {s.strategy}: mean loss {float(sel.loss.mean()):.4f} "
+                     mean_loss_gain_over_first=gain, short_classes=short)
+        say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
             f"({100 * gain:.1f}% under a single random group)")
-        return out
+
+    def _select_baseline(self, out: Path, key: str) -> None:
+        """Real image indices (random-real, herding) and/or latents (kmeans-latent: level 0, base-ddpm: level K)."""
+        t0 = time.time()
+        method, s, ds, seed = self.method, self.cfg.select, self.train_set, self.cfg.seed
+        short = _short_classes(ds.classes, ds.class_counts().tolist(), s.ipc, s.allow_short_classes)
+        random_draw = "uniform without replacement: torch.randperm seeded by sha256('seed:random-real:c')"
+        if method == "herding":
+            teacher, info = self._herding_teacher()
+            details = {"features": f"penultimate layer of the {HERDING_TEACHER} teacher (d3hr.evaluate.teacher)",
+                       "teacher": info["path"], "teacher_epochs": info["epochs"],
+                       "teacher_test_top1": info["test_top1"]}
+        elif method == "random-real":
+            details = {"images": random_draw}
+        else:
+            gen = self.generator()
+            details = {"latents": "VAE posterior mean z0"}
+            if method == "kmeans-latent":
+                details.update(level=0, n_init=KMEANS_INIT, random_state="sha256('seed:kmeans:c') mod 2^32")
+            else:
+                level = self.cfg.diffusion.inversion_steps
+                alpha = float(self.grid(gen).alphas[level])
+                details.update(images=random_draw, level=level, alpha=alpha,
+                               eps="randn seeded by sha256('seed:base-ddpm:c')")
+        index_rows: list[torch.Tensor] = []  # per class (n_c,) training-image indices, n_c = min(ipc, class size)
+        latent_rows: list[torch.Tensor] = []  # per class (n_c, c, h, w)
+        bar = progress(len(ds.classes), f"select ({method})", "class")
+        for c in range(len(ds.classes)):
+            idx = torch.as_tensor(np.flatnonzero(ds.targets == c))  # (N_c,) the class's training images
+            if method == "kmeans-latent":
+                z0 = self._encode(gen, idx.numpy())  # (N_c, c, h, w)
+                k = min(s.ipc, len(idx))
+                centroids = kmeans_centroids(z0.flatten(1), k, derive_seed(seed, "kmeans", c))  # (k, D)
+                latent_rows.append(centroids.reshape(k, *z0.shape[1:]))
+            elif method == "herding":
+                index_rows.append(idx[herding_indices(penultimate_features(teacher, ds.load(idx.numpy())), s.ipc)])
+            else:
+                index_rows.append(idx[random_subset(len(idx), s.ipc, seed, c)])
+            if method == "base-ddpm":
+                z0 = self._encode(gen, index_rows[-1].numpy())  # (n_c, c, h, w)
+                eps = torch.randn(z0.shape, generator=generator_for(seed, "base-ddpm", c))
+                latent_rows.append(forward_noise(z0, alpha, eps))  # level K
+            bar.update(1)
+        bar.close()
+        tensors = {"count": torch.as_tensor([len(r) for r in latent_rows or index_rows])}  # (C,) images per class
+        if latent_rows:
+            tensors["latents"] = _pad(latent_rows, s.ipc, 0.0)  # (C, ipc, c, h, w)
+        if index_rows:
+            tensors["image_index"] = _pad(index_rows, s.ipc, -1)  # (C, ipc)
+        save_tensors(out, tensors, {"key": key, "classes": ds.classes, "method": method, "ipc": s.ipc,
+                                    "short_classes": short, "seed": seed, "details": details})
+        self._record("select", key, time.time() - t0, short_classes=short, details=details)
+        say(f"[select] {method}: {int(tensors['count'].sum())} {'latents' if latent_rows else 'images'}")
+
+    def _herding_teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The evaluation teacher (cached beside the run, trained on the full training split if missing)."""
+        from d3hr.evaluate.teacher import get_teacher
+
+        return get_teacher(self.root, self.cfg.data, load_dataset(self.cfg.data, "test"), HERDING_TEACHER,
+                           device=self.device)
+
+    def _encode(self, gen: Generator, idx: np.ndarray) -> torch.Tensor:
+        """VAE posterior means z0 (n, c, h, w) of the training images at ``idx``, in batches of diffusion.batch_size."""
+        bs, size = self.cfg.diffusion.batch_size, self.cfg.data.image_size or gen.image_size
+        return torch.cat([gen.encode(fit_to_model(self.train_set.load(idx[i : i + bs]), size, self.cfg.data.fit))
+                          .cpu() for i in range(0, len(idx), bs)])
 
     def generate_key(self) -> str:
         d, g = self.cfg.diffusion, self.cfg.generate
         return sha256_json({"select": self.select_key(), "save_size": g.save_size, "precision": d.precision})
 
     def stage_generate(self) -> Path:
-        """DDIM-sample the chosen latents back to level 0, decode, and save PNGs; resumable by class."""
+        """DDIM-sample the chosen latents back to level 0 and decode them (or copy the chosen real images), and save
+        PNGs; resumable by class."""
         self.stage_select()
         out = self.root / "images"
         key = self.generate_key()
         if self._done("generate", key, [out]):
             say(f"[generate] unchanged, skipped ({out})")
             return out
-        gen = self.generator()
         t0 = time.time()
         tensors, meta = load_tensors(self.root / "selection.safetensors")
-        latents = tensors["latents"]  # (C, ipc, c, h, w)
-        if tuple(latents.shape[2:]) != gen.latent_shape:
-            raise D3HRError(f"selection latents have shape {tuple(latents.shape[2:])} but the generator takes "
-                            f"{gen.latent_shape}")
-        classes, ds = meta["classes"], self.train_set
-        labels_map = self.class_labels(gen)
-        grid, eps_fn = self.grid(gen), self.eps_fn(gen)
+        classes, ds, fit = meta["classes"], self.train_set, self.cfg.data.fit
+        counts = tensors.get("count", torch.full((len(classes),), meta["ipc"])).tolist()  # images per class
+        latents = tensors.get("latents")  # (C, ipc, c, h, w), or None: real images at tensors["image_index"]
+        if latents is not None:
+            gen = self.generator()
+            if tuple(latents.shape[2:]) != gen.latent_shape:
+                raise D3HRError(f"selection latents have shape {tuple(latents.shape[2:])} but the generator takes "
+                                f"{gen.latent_shape}")
+            labels_map = self.class_labels(gen)
+            grid, eps_fn = self.grid(gen), self.eps_fn(gen)
         partial = self.root / "images.partial"
         done_file = partial / ".done.json"
         done = read_json(done_file) if done_file.is_file() else {}
@@ -361,28 +480,32 @@ class Run:
             shutil.rmtree(partial, ignore_errors=True)
             done = {"key": key, "classes": []}
         partial.mkdir(parents=True, exist_ok=True)
-        bs, k = self.cfg.generate.batch_size, self.cfg.diffusion.inversion_steps
-        bar = progress(latents.shape[0] * latents.shape[1], "generate", "img")
+        bs, save_size = self.cfg.generate.batch_size, self.cfg.generate.save_size
+        k = 0 if self.method == "kmeans-latent" else self.cfg.diffusion.inversion_steps  # grid level of the latents
+        bar = progress(sum(counts), "generate", "img")
         folders = _class_folders(classes)
-        for c in range(latents.shape[0]):
+        for c, n in enumerate(counts):
             if c in done["classes"]:
-                bar.update(latents.shape[1])
+                bar.update(n)
                 continue
             images = []
-            for i in range(0, latents.shape[1], bs):
-                zk = latents[c, i : i + bs]
-                y = labels_map[torch.full((len(zk),), c)]
-                z0 = ddim_sample(eps_fn, zk, y, grid, k)
-                x = gen.decode(z0).cpu()  # (b, C, S, S)
-                images.append(fit_to_saved(x, ds.resolution, self.cfg.data.fit, self.cfg.generate.save_size))
-                bar.update(len(zk))
+            for i in range(0, n, bs):
+                if latents is None:
+                    x = fit_to_model(ds.load(tensors["image_index"][c, i : min(i + bs, n)].numpy()), ds.resolution,
+                                     fit)  # (b, C, s, s) at the dataset's resolution
+                else:
+                    zk = latents[c, i : min(i + bs, n)]
+                    y = labels_map[torch.full((len(zk),), c)]
+                    x = gen.decode(ddim_sample(eps_fn, zk, y, grid, k)).cpu()  # (b, C, S, S)
+                images.append(fit_to_saved(x, ds.resolution, fit, save_size))
+                bar.update(len(x))
             _save_class_pngs(partial / folders[c], torch.cat(images))
             done["classes"].append(c)
             write_json(done_file, done)
         bar.close()
         done_file.unlink()
         replace_dir(partial, out)
-        self._record("generate", key, time.time() - t0, images=int(latents.shape[0] * latents.shape[1]))
+        self._record("generate", key, time.time() - t0, images=sum(counts))
         return out
 
     def write_manifest(self) -> Path:
@@ -396,18 +519,19 @@ class Run:
             if p.is_file() and rel not in ("manifest.json", ".lock") and not rel.startswith(("eval/", "report")) \
                     and ".partial" not in rel and ".tmp" not in rel:
                 files[rel] = sha256_file(p)
-        s = self.cfg.select
+        select = self.state().get("select", {})
+        pointer = self.root / "generator.json"
         manifest = {
             "format_version": FORMAT_VERSION,
             "dataset": self.data_identity(),
             "classes": {str(i): name for i, name in enumerate(ds.classes)},
             "class_folders": _class_folders(ds.classes),
-            "method": "d3hr" if s.strategy == "group" else "base-rs",
-            "ipc": s.ipc,
-            "short_classes": self.state().get("select", {}).get("short_classes", {}),
+            "method": self.method,
+            "method_details": select.get("details", {}),
+            "ipc": self.cfg.select.ipc,
+            "short_classes": select.get("short_classes", {}),
             "seeds": {"seed": self.cfg.seed},
-            "generator": read_json(self.root / "generator.json") if (self.root / "generator.json").is_file()
-            else None,
+            "generator": read_json(pointer) if self.method in GENERATOR_METHODS and pointer.is_file() else None,
             "versions": {"d3hr": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "python": platform.python_version()},
             "stages": self.state(),
@@ -415,6 +539,25 @@ class Run:
         }
         write_json(self.root / "manifest.json", manifest)
         return self.root / "manifest.json"
+
+
+def _short_classes(classes: list[str], counts: list[int], ipc: int, allow: bool) -> dict[str, int]:
+    """Classes with fewer than ``ipc`` training images, {name: count}; a one-line error unless ``allow``."""
+    short = {name: int(n) for name, n in zip(classes, counts) if n < ipc}
+    if short and not allow:
+        name, n = next(iter(short.items()))
+        more = f" (and {len(short) - 1} more classes)" if len(short) > 1 else ""
+        raise D3HRError(f"class '{name}' has {n} training images, fewer than ipc={ipc}{more}; "
+                        "pass --allow-short-classes to distill it anyway")
+    return short
+
+
+def _pad(rows: list[torch.Tensor], ipc: int, fill: float) -> torch.Tensor:
+    """Per-class rows (n_c, ...), n_c <= ipc, stacked into (C, ipc, ...); the rows of short classes end in ``fill``."""
+    out = torch.full((len(rows), ipc, *rows[0].shape[1:]), fill, dtype=rows[0].dtype)
+    for c, r in enumerate(rows):
+        out[c, : len(r)] = r
+    return out
 
 
 def _class_folders(classes: list[str]) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,23 +31,26 @@ def _batches(n: int, batch_size: int, seed: int, *keys: object) -> list[np.ndarr
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer) -> int:
+def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module],
+            opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
+    """(epochs done, their losses, seconds spent) from a checkpoint, or a fresh start."""
     if ckpt is not None and ckpt.is_file():
-        return int(load_checkpoint(ckpt, modules, opt)["epoch"])
-    return 0
+        meta = load_checkpoint(ckpt, modules, opt)
+        return int(meta["epoch"]), list(meta.get("losses", [])), float(meta.get("seconds", 0.0))
+    return 0, [], 0.0
 
 
 def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
-              precision: str = "bf16", ckpt: Path | None = None) -> list[float]:
+              precision: str = "bf16", ckpt: Path | None = None) -> tuple[list[float], float]:
     """Train ``gen.vae`` to reconstruct the dataset (MSE + KL), resuming from ``ckpt`` at epoch granularity.
 
-    Returns the mean training loss of each epoch run in this call.
+    Returns the mean training MSE of every epoch (those before a resume included) and the seconds spent.
     """
     vae, device = gen.vae, gen.device
     vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start = _resume(ckpt, {"vae": vae}, opt)
-    losses = []
+    start, losses, spent = _resume(ckpt, {"vae": vae}, opt)
+    t0 = time.time() - spent
     bar = progress(cfg.epochs * math.ceil(len(images) / cfg.batch_size), "train VAE", "step")
     bar.update(start * math.ceil(len(images) / cfg.batch_size))
     for epoch in range(start, cfg.epochs):
@@ -70,10 +74,11 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
             bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
         losses.append(total / count)
         if ckpt is not None:
-            save_checkpoint(ckpt, {"vae": vae}, opt, {"epoch": epoch + 1})
+            save_checkpoint(ckpt, {"vae": vae}, opt,
+                            {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
     bar.close()
     vae.eval().to(memory_format=torch.contiguous_format)
-    return losses
+    return losses, time.time() - t0
 
 
 @torch.no_grad()
@@ -92,24 +97,25 @@ def encode_dataset(gen: Generator, images: ImageSet, image_size: int, fit: str,
 
 
 def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTConfig, seed: int,
-              precision: str = "bf16", ckpt: Path | None = None) -> list[float]:
+              precision: str = "bf16", ckpt: Path | None = None) -> tuple[list[float], float]:
     """Train ``gen.transformer`` to predict noise on scaled latents z0 (N, c, h, w) with class labels (N,).
 
     A share ``cfg.label_dropout`` of labels is replaced by the null label so that classifier-free guidance works.
-    The EMA of the weights (decay ``cfg.ema_decay``) replaces the weights at the end. Returns epoch losses.
+    The EMA of the weights (decay ``cfg.ema_decay``) replaces the weights at the end. Returns the loss of every
+    epoch (those before a resume included) and the seconds spent.
     """
     dit, device = gen.transformer, gen.device
     dit.eval()  # no dropout layers; eval keeps diffusers from dropping labels itself (we drop them, seeded)
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start = _resume(ckpt, {"dit": dit, "ema": ema}, opt)
+    start, losses, spent = _resume(ckpt, {"dit": dit, "ema": ema}, opt)
+    t0 = time.time() - spent
     alphas = gen.alphas_cumprod.float()
     null = gen.num_labels
     params, ema_params = list(dit.parameters()), list(ema.parameters())
     steps_per_epoch = math.ceil(len(z0) / cfg.batch_size)
     bar = progress(cfg.epochs * steps_per_epoch, "train DiT", "step")
     bar.update(start * steps_per_epoch)
-    losses = []
     for epoch in range(start, cfg.epochs):
         g = generator_for(seed, "dit-noise", epoch)
         total, count = 0.0, 0
@@ -138,7 +144,8 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
         losses.append(total / count)
         if ckpt is not None:
-            save_checkpoint(ckpt, {"dit": dit, "ema": ema}, opt, {"epoch": epoch + 1})
+            save_checkpoint(ckpt, {"dit": dit, "ema": ema}, opt,
+                            {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
     bar.close()
     dit.load_state_dict(ema.state_dict())
-    return losses
+    return losses, time.time() - t0

@@ -1,0 +1,128 @@
+"""A grid of methods x IPC x distillation seeds (x an optional config sweep), each cell distilled and evaluated.
+
+Every cell is an ordinary run folder under OUT/runs/, so an interrupted compare resumes: finished stages and finished
+evaluation records are skipped. The generator, the inversion statistics and the teacher are shared by all cells that
+can share them (generator cache, statistics cache, RUN/../.teachers).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from d3hr.config import Config, load_config, nest
+from d3hr.utils.io import atomic_path, read_json, write_json, write_text
+from d3hr.utils.progress import say
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    ipc: int
+    seed: int
+    sweep: tuple[str, Any] | None = None  # (config key, value)
+
+    @property
+    def name(self) -> str:
+        tail = f"-{self.sweep[0].split('.')[-1]}{self.sweep[1]}" if self.sweep else ""
+        return f"{self.method}/ipc{self.ipc}-seed{self.seed}{tail}"
+
+
+def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
+            labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int = 300,
+            sweep: tuple[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+    """Distill and evaluate every cell; write OUT/results.json, OUT/results.md and OUT/accuracy.png.
+
+    Distillation seed s is scored by student seed s, so the spread over seeds covers both the distillation (candidate
+    draws, generation) and the student's training. ``sweep`` = (dotted config key, values) adds one row per value.
+    """
+    from d3hr import api
+    from d3hr.evaluate import evaluate
+
+    out = Path(out)
+    sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
+    cells = [Cell(m, i, s, w) for w in sweeps for m in methods for i in ipcs for s in range(seeds)]
+    rows = []
+    for n, cell in enumerate(cells, 1):
+        say(f"[compare] cell {n}/{len(cells)}: {cell.name}")
+        items = [nest("select.method", cell.method), nest("select.ipc", cell.ipc), nest("seed", cell.seed),
+                 nest("out", str(out / "runs" / cell.name))]
+        if cell.sweep:
+            items.append(nest(*cell.sweep))
+        cfg = load_config(None, items, base=copy.deepcopy(base))
+        api.distill(cfg)
+        for mode in labels:
+            res = evaluate(cfg.out, student=student, labels=mode, seeds=[cell.seed], epochs=epochs, device=cfg.device)
+            rec = res["records"][0]
+            rows.append({"method": cell.method, "ipc": cell.ipc, "seed": cell.seed, "labels": mode,
+                         "sweep": list(cell.sweep) if cell.sweep else None, "student": student, "epochs": epochs,
+                         "top1": rec["top1"], "teacher": res.get("teacher"), "run": cfg.out})
+    table = summarise(rows)
+    result = {"dataset": base.data.name, "student": student, "epochs": epochs, "seeds": seeds,
+              "cells": rows, "summary": table}
+    write_json(out / "results.json", result)
+    write_text(out / "results.md", markdown_table(table, base.data.name, student, epochs))
+    plot_accuracy(table, out / "accuracy.png")
+    return result
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std of top-1 (in %) over seeds, per method, IPC, label mode and sweep value."""
+    groups: dict[tuple, list[float]] = {}
+    for r in rows:
+        key = (r["method"], r["ipc"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None)
+        groups.setdefault(key, []).append(100.0 * r["top1"])
+    return [{"method": m, "ipc": i, "labels": lab, "sweep": list(w) if w else None, "n": len(v),
+             "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for (m, i, lab, w), v in groups.items()]
+
+
+def markdown_table(table: list[dict[str, Any]], dataset: str, student: str, epochs: int) -> str:
+    """One row per method (and sweep value), one column per (labels, IPC): mean +- std over seeds."""
+    cols = sorted({(r["labels"], r["ipc"]) for r in table})
+    rows: dict[str, dict[tuple, str]] = {}
+    for r in table:
+        name = r["method"] + (f" ({r['sweep'][0]}={r['sweep'][1]})" if r["sweep"] else "")
+        rows.setdefault(name, {})[(r["labels"], r["ipc"])] = f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})"
+    head = "| method | " + " | ".join(f"{lab} IPC {ipc}" for lab, ipc in cols) + " |"
+    lines = [f"Top-1 (%) on the real {dataset} test set, {student} student, {epochs} epochs, mean ± std over "
+             "distillation seeds (each scored by its own student seed).", "", head,
+             "|" + "---|" * (len(cols) + 1)]
+    lines += [f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |" for name, cells in rows.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy vs IPC, one line per method (and label mode, sweep value), error bars = std over seeds."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    lines: dict[str, list[dict[str, Any]]] = {}
+    for r in table:
+        name = f"{r['method']} ({r['labels']})" + (f" {r['sweep'][0].split('.')[-1]}={r['sweep'][1]}"
+                                                   if r["sweep"] else "")
+        lines.setdefault(name, []).append(r)
+    for name, pts in lines.items():
+        pts = sorted(pts, key=lambda r: r["ipc"])
+        ax.errorbar([p["ipc"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] for p in pts], marker="o",
+                    capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("images per class")
+    ax.set_ylabel("top-1 (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    with atomic_path(path, ".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def load_results(out: str | Path) -> dict[str, Any]:
+    """OUT/results.json of a finished compare."""
+    return read_json(Path(out) / "results.json")

@@ -1,0 +1,222 @@
+"""Baselines: the pure functions, and every method through ``d3hr distill --method`` on digits (fast settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from d3hr.cli import main
+from d3hr.config import DataConfig
+from d3hr.data import load_dataset
+from d3hr.diffusion import DDIMGrid
+from d3hr.diffusion.ddim import make_alphas_cumprod
+from d3hr.distill.baselines import (
+    forward_noise,
+    herding_indices,
+    kmeans_centroids,
+    penultimate_features,
+    random_subset,
+)
+from d3hr.evaluate.runner import read_run_images
+from d3hr.evaluate.students import ConvNet
+from d3hr.evaluate.teacher import get_teacher
+from d3hr.utils.io import load_tensors
+from tests.conftest import FAST_TRAIN
+
+IPC = 5
+METHODS = ["random-real", "herding", "kmeans-latent", "base-ddpm", "base-rs"]
+NO_GENERATOR = {"random-real", "herding"}
+
+
+# ----- pure functions ------------------------------------------------------------------------------------------
+def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(200, 16, generator=g) * torch.linspace(0.5, 2.0, 16) + 3.0  # (n, D)
+    mu = feats.mean(0)
+    chosen = herding_indices(feats, 10)
+    assert len(chosen) == 10 and len(set(chosen.tolist())) == 10
+    herd = (feats[chosen].mean(0) - mu).norm()
+    rand = torch.stack([(feats[torch.randperm(200, generator=g)[:10]].mean(0) - mu).norm() for _ in range(100)])
+    assert herd < rand.min() and herd < 0.25 * rand.median()
+    assert torch.equal(herding_indices(feats, 10), chosen)  # deterministic
+    assert torch.equal(herding_indices(feats, 3), chosen[:3])  # greedy: a prefix of the longer selection
+    assert sorted(herding_indices(feats[:4], 10).tolist()) == [0, 1, 2, 3]  # k > n: every row once
+
+
+def test_kmeans_returns_k_centroids_deterministically():
+    g = torch.Generator().manual_seed(1)
+    centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = (centers[:, None, :] + 0.1 * torch.randn(3, 30, 2, generator=g)).reshape(90, 2)  # (n, D): three blobs
+    c = kmeans_centroids(x, 3, seed=7)
+    assert c.shape == (3, 2) and c.dtype == torch.float32
+    assert torch.equal(kmeans_centroids(x, 3, seed=7), c)
+    nearest = torch.cdist(centers, c).min(dim=1).values  # each true center has a centroid next to it
+    assert nearest.max() < 0.1
+    assert kmeans_centroids(x, 5, seed=2**40 + 3).shape == (5, 2)  # any 63-bit derived seed is accepted
+
+
+def test_forward_noise_matches_the_forward_marginal():
+    grid = DDIMGrid.create(make_alphas_cumprod(), 50)
+    g = torch.Generator().manual_seed(2)
+    z0, eps = torch.randn(4, 4, 4, 4, generator=g), torch.randn(4, 4, 4, 4, generator=g)
+    a = float(grid.alphas[31])
+    torch.testing.assert_close(forward_noise(z0, a, eps), a**0.5 * z0 + (1 - a) ** 0.5 * eps)
+    assert torch.equal(forward_noise(z0, 1.0, eps), z0)
+    zk = forward_noise(torch.zeros(100_000), a, torch.randn(100_000, generator=g))
+    assert abs(float(zk.var()) - (1 - a)) < 0.01
+
+
+def test_random_subset_is_seeded_distinct_and_per_class():
+    a = random_subset(50, 10, seed=0, c=3)
+    assert len(set(a.tolist())) == 10 and int(a.max()) < 50
+    assert torch.equal(random_subset(50, 10, seed=0, c=3), a)
+    assert not torch.equal(random_subset(50, 10, seed=0, c=4), a)
+    assert not torch.equal(random_subset(50, 10, seed=1, c=3), a)
+    assert sorted(random_subset(4, 10, seed=0, c=0).tolist()) == [0, 1, 2, 3]
+
+
+def test_penultimate_features_are_the_input_of_the_last_linear_layer():
+    torch.manual_seed(0)
+    model = ConvNet(10, 1, 8).eval()
+    images = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = model.features(images.float() / 127.5 - 1).flatten(1)  # (N, 128)
+    torch.testing.assert_close(penultimate_features(model, images), expected)
+
+
+# ----- through the CLI -----------------------------------------------------------------------------------------
+def _distill(run: Path, method: str) -> int:
+    sets = [a for s in FAST_TRAIN for a in ("--set", s)]
+    return main(["distill", "--dataset", "digits", "--ipc", str(IPC), "--method", method, "--out", str(run), *sets])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is much faster on a busy machine (see tests/evaluate/conftest.py)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    """A folder for sibling runs, with a 2-epoch cached teacher (herding must reuse it, not train its own)."""
+    root = tmp_path_factory.mktemp("baselines")
+    get_teacher(root / "any-run", DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"),
+                epochs=2)
+    return root
+
+
+@pytest.fixture(scope="module", params=METHODS)
+def method_run(request, root) -> tuple[str, Path]:
+    """One distilled run per method; methods without a generator get an empty generator cache of their own."""
+    method, run = request.param, root / request.param
+    with pytest.MonkeyPatch.context() as mp:
+        if method in NO_GENERATOR:
+            mp.setenv("D3HR_CACHE", str(root / f"cache-{method}"))
+        assert _distill(run, method) == 0
+    return method, run
+
+
+def test_every_method_writes_ipc_images_per_class_and_a_manifest(method_run, root):
+    method, run = method_run
+    folders = sorted(p.name for p in (run / "images").iterdir())
+    assert folders == [f"{i}_{i}" for i in range(10)]
+    for f in folders:
+        pngs = sorted((run / "images" / f).glob("*.png"))
+        assert [p.name for p in pngs] == [f"{i:05d}.png" for i in range(IPC)]
+        with Image.open(pngs[0]) as im:
+            assert im.size == (8, 8) and im.mode == "L"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["method"] == method and manifest["ipc"] == IPC
+    assert "images/0_0/00000.png" in manifest["files"]
+    stages = json.loads((run / "stages.json").read_text())
+    assert ("invert" in stages) == (run / "stats.safetensors").exists() == (method == "base-rs")
+    assert ("generator" in stages) == (method not in NO_GENERATOR)
+    if method in NO_GENERATOR:
+        assert not (root / f"cache-{method}").exists()  # no generator trained or loaded: its cache is untouched
+    else:
+        assert Path(stages["generator"]["path"]).is_relative_to(os.environ["D3HR_CACHE"])  # the cache in use
+    assert (manifest["generator"] is None) == (method in NO_GENERATOR)
+    test = load_dataset(DataConfig(name="digits"), "test")
+    images, targets, _ = read_run_images(run, test, manifest)  # what `d3hr evaluate RUN` trains on
+    assert images.shape == (10 * IPC, 1, 8, 8) and torch.equal(targets.bincount(), torch.full((10,), IPC))
+
+
+def test_rerun_skips(method_run, capsys, monkeypatch):
+    method, run = method_run
+    monkeypatch.setenv("D3HR_QUIET", "0")
+    if method in NO_GENERATOR:
+        monkeypatch.setenv("D3HR_CACHE", str(run.parent / f"cache-{method}"))
+    mtimes = {p: p.stat().st_mtime_ns for p in run.rglob("*.png")}
+    capsys.readouterr()
+    assert _distill(run, method) == 0
+    err = capsys.readouterr().err
+    assert "[select] unchanged, skipped" in err and "[generate] unchanged, skipped" in err
+    assert "training" not in err
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*.png")} == mtimes
+
+
+def test_method_details(method_run):
+    method, run = method_run
+    sel, meta = load_tensors(run / "selection.safetensors")
+    details = json.loads((run / "manifest.json").read_text())["method_details"]
+    ds = load_dataset(DataConfig(name="digits", limit=600), "train")
+    members = [torch.as_tensor(np.flatnonzero(ds.targets == c)) for c in range(10)]
+    seeded = torch.stack([m[random_subset(len(m), IPC, 0, c)] for c, m in enumerate(members)])  # (C, ipc), seed 0
+    if method in ("random-real", "herding"):
+        assert set(sel) == {"count", "image_index"} and sel["image_index"].shape == (10, IPC)
+        idx = sel["image_index"]
+        assert (torch.as_tensor(ds.targets)[idx] == torch.arange(10)[:, None]).all()  # each class's own images
+        assert torch.equal(idx, seeded) == (method == "random-real")
+        with Image.open(run / "images" / "3_3" / "00002.png") as im:  # copied as they are
+            assert np.array_equal(np.asarray(im), ds.load([int(idx[3, 2])])[0, 0].numpy())
+    if method == "herding":
+        assert "penultimate" in details["features"] and details["teacher_epochs"] == 2  # the cached teacher
+    if method == "kmeans-latent":
+        assert sel["latents"].shape == (10, IPC, 4, 4, 4) and details["level"] == 0
+    if method == "base-ddpm":
+        assert torch.equal(sel["image_index"], seeded)  # the same real images as random-real
+        assert details["level"] == 6 and sel["latents"].shape == (10, IPC, 4, 4, 4)
+    if method == "base-rs":
+        assert meta["strategy"] == "random" and int(sel["index"].abs().sum()) == 0
+
+
+def test_same_seed_same_images(method_run, monkeypatch):
+    method, run = method_run
+    again = run.with_name(f"{method}-again")
+    if method in NO_GENERATOR:
+        monkeypatch.setenv("D3HR_CACHE", str(run.parent / f"cache-{method}"))
+    assert _distill(again, method) == 0
+    files = [json.loads((r / "manifest.json").read_text())["files"] for r in (run, again)]
+    images = [{k: v for k, v in f.items() if k.startswith("images/")} for f in files]
+    assert len(images[0]) == 10 * IPC and images[0] == images[1]
+
+
+def test_switching_base_rs_to_d3hr_reuses_the_statistics(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    assert _distill(run, "base-rs") == 0
+    monkeypatch.setenv("D3HR_QUIET", "0")
+    capsys.readouterr()
+    assert _distill(run, "d3hr") == 0
+    err = capsys.readouterr().err
+    assert "[invert] unchanged, skipped" in err and "[select] unchanged" not in err
+    assert json.loads((run / "manifest.json").read_text())["method"] == "d3hr"
+
+
+def test_full_and_unknown_methods_give_one_line_errors(tmp_path, capsys):
+    assert main(["distill", "--out", str(tmp_path / "x"), "--method", "full"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("d3hr: error: ") and "not a distilled set" in err and "\n" not in err
+    assert main(["distill", "--out", str(tmp_path / "x"), "--method", "herd"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("d3hr: error: select.method must be one of d3hr, base-rs, random-real, herding, kmeans-latent, "
+                   "base-ddpm, got 'herd'")
+    assert not (tmp_path / "x" / "config.yaml").exists()

@@ -1,0 +1,41 @@
+"""d3hr compare: a small grid on digits, cached cells, resuming after an interruption."""
+
+import importlib
+import json
+
+import pytest
+
+from d3hr.cli import main
+from tests.conftest import FAST_TRAIN
+
+SETS = [a for s in FAST_TRAIN for a in ("--set", s)]
+
+
+def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "grid"
+    args = ["compare", "--dataset", "digits", "--methods", "d3hr,random-real", "--ipc", "1", "--seeds", "2",
+            "--labels", "soft", "--epochs", "2", "--out", str(out), *SETS]
+    runner = importlib.import_module("d3hr.evaluate.runner")
+    real = runner.train_model
+    calls = {"n": 0, "stop_at": 3}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["stop_at"]:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(runner, "train_model", counting)
+    with pytest.raises(KeyboardInterrupt):
+        main(args)
+    assert not (out / "results.md").exists()
+    calls.update(n=0, stop_at=-1)
+    assert main(args) == 0
+    assert calls["n"] == 4 - 2  # 4 cells; the two finished before the interruption were not retrained
+    table = (out / "results.md").read_text()
+    assert "| d3hr |" in table and "| random-real |" in table and "soft IPC 1" in table
+    result = json.loads((out / "results.json").read_text())
+    assert len(result["cells"]) == 4 and {r["n"] for r in result["summary"]} == {2}
+    assert (out / "accuracy.png").stat().st_size > 1000
+    pointers = {json.loads(p.read_text())["path"] for p in (out / "runs").rglob("generator.json")}
+    assert len(pointers) == 1  # every d3hr cell used the same cached generator
