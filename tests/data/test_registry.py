@@ -108,3 +108,31 @@ def test_mixed_modes_are_converted_and_said_once(tmp_path):
     assert batch.shape == (len(ds), 3, 8, 8)
     said = sorted(str(w.message).split(" images")[0] for w in record)
     assert said == ["converting L", "converting P", "converting RGBA"]
+
+
+def _write_idx(path, arr):
+    import struct
+
+    arr = np.ascontiguousarray(arr, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    path.write_bytes(header + arr.tobytes())
+
+
+def test_torchvision_mnist_from_a_local_root(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 30), ("t10k", 10)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    ds = load_dataset(DataConfig("mnist", root=str(tmp_path)), "train")
+    assert len(ds) == 30 and ds.pixels.shape == (30, 1, 28, 28) and ds.classes[0].startswith("0")
+    assert ds.targets.tolist()[:3] == [0, 1, 2]
+    assert len(load_dataset(DataConfig("mnist", root=str(tmp_path)), "test")) == 10
+
+
+def test_torchvision_dataset_without_root_or_files(tmp_path):
+    with pytest.raises(D3HRError, match="needs --root"):
+        load_dataset(DataConfig("cifar10"), "train")
+    with pytest.raises(D3HRError, match="pass --download"):
+        load_dataset(DataConfig("cifar10", root=str(tmp_path)), "train")
