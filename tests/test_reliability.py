@@ -16,7 +16,7 @@ import torch
 
 from d3hr.cli import main
 from d3hr.errors import D3HRError
-from d3hr.utils.io import write_text
+from d3hr.utils.io import _umask, write_text
 from tests.conftest import FAST_TRAIN
 
 # Small work units so that a kill lands mid-stage: 12 inversion batches, checkpointed after each.
@@ -133,6 +133,7 @@ def test_disk_full_keeps_the_previous_file(tmp_path, monkeypatch):
         write_text(target, "new: 2\n")
     monkeypatch.undo()
     assert target.read_text() == "old: 1\n"
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()  # not mkstemp's 0600
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left behind
 
 
