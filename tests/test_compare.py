@@ -39,3 +39,5 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     assert (out / "accuracy.png").stat().st_size > 1000
     pointers = {json.loads(p.read_text())["path"] for p in (out / "runs").rglob("generator.json")}
     assert len(pointers) == 1  # every d3hr cell used the same cached generator
+    assert [p.name for p in (out / "runs" / ".teachers").iterdir()]  # one teacher folder beside all the cells
+    assert len(list((out / "runs").glob(".teachers/*/*.safetensors"))) == 1

@@ -30,7 +30,7 @@ class Cell:
     @property
     def name(self) -> str:
         tail = f"-{self.sweep[0].split('.')[-1]}{self.sweep[1]}" if self.sweep else ""
-        return f"{self.method}/ipc{self.ipc}-seed{self.seed}{tail}"
+        return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"  # siblings: they share RUN/../.teachers
 
 
 def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
