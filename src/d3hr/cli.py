@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", default="convnet")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: 30 digits, 20 else)")
     p = sub.add_parser("report", help="write RUN/report.html: image grid, accuracy table, normality diagnostics")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="number of student seeds (0..n-1)")
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--teacher", help="teacher architecture for soft labels (default: convnet)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher if it must be trained")
     p.add_argument("--device", default="cpu")
     return parser
 
@@ -155,7 +157,7 @@ def _compare(args: argparse.Namespace) -> int:
         ipcs = [int(v) for v in args.ipc.split(",") if v.strip()]
         result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], ipcs, args.seeds,
                          args.out, labels=[v.strip() for v in args.labels.split(",")], student=args.student,
-                         epochs=args.epochs, sweep=sweep)
+                         epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs)
     except D3HRError as exc:
         print(f"d3hr: error: {exc}", file=sys.stderr)
         return 2
@@ -184,7 +186,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     try:
         out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
-                       teacher=args.teacher, device=args.device)
+                       teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device)
     except D3HRError as exc:
         print(f"d3hr: error: {exc}", file=sys.stderr)
         return 2

@@ -35,7 +35,7 @@ class Cell:
 
 def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
             labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int = 300,
-            sweep: tuple[str, Sequence[Any]] | None = None) -> dict[str, Any]:
+            sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None) -> dict[str, Any]:
     """Distill and evaluate every cell; write OUT/results.json, OUT/results.md and OUT/accuracy.png.
 
     Distillation seed s is scored by student seed s, so the spread over seeds covers both the distillation (candidate
@@ -57,13 +57,15 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
         cfg = load_config(None, items, base=copy.deepcopy(base))
         api.distill(cfg)
         for mode in labels:
-            res = evaluate(cfg.out, student=student, labels=mode, seeds=[cell.seed], epochs=epochs, device=cfg.device)
+            res = evaluate(cfg.out, student=student, labels=mode, seeds=[cell.seed], epochs=epochs, device=cfg.device,
+                           teacher_epochs=teacher_epochs)
             rec = res["records"][0]
             rows.append({"method": cell.method, "ipc": cell.ipc, "seed": cell.seed, "labels": mode,
                          "sweep": list(cell.sweep) if cell.sweep else None, "student": student, "epochs": epochs,
                          "top1": rec["top1"], "teacher": res.get("teacher"), "run": cfg.out})
     table = summarise(rows)
     result = {"dataset": base.data.name, "student": student, "epochs": epochs, "seeds": seeds,
+              "teacher_epochs": teacher_epochs,
               "cells": rows, "summary": table}
     write_json(out / "results.json", result)
     write_text(out / "results.md", markdown_table(table, base.data.name, student, epochs))
