@@ -14,10 +14,9 @@ from PIL import Image
 from d3hr.cli import main
 from d3hr.config import DataConfig
 from d3hr.data import load_dataset
-from d3hr.diffusion import DDIMGrid
+from d3hr.diffusion import DDIMGrid, forward_noise
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.distill.baselines import (
-    forward_noise,
     herding_indices,
     kmeans_centroids,
     penultimate_features,

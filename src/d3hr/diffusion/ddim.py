@@ -64,3 +64,11 @@ def ddim_step(z: torch.Tensor, eps: torch.Tensor, a_from: float, a_to: float) ->
     """
     z0_pred = (z - (1.0 - a_from) ** 0.5 * eps) / a_from**0.5
     return a_to**0.5 * z0_pred + (1.0 - a_to) ** 0.5 * eps
+
+
+def forward_noise(z0: torch.Tensor, alpha: float | torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The forward marginal at level ``alpha`` (DDIM Eq. 4): sqrt(alpha) z0 + sqrt(1 - alpha) eps.
+
+    ``alpha`` is a float or a tensor broadcastable to z0 (one level per sample in training).
+    """
+    return alpha**0.5 * z0 + (1.0 - alpha) ** 0.5 * eps

@@ -54,11 +54,6 @@ def kmeans_centroids(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(km.cluster_centers_).float()
 
 
-def forward_noise(z0: torch.Tensor, alpha: float, eps: torch.Tensor) -> torch.Tensor:
-    """The forward marginal at level ``alpha`` (DDIM Eq. 4): sqrt(alpha) z0 + sqrt(1 - alpha) eps, same shape."""
-    return alpha**0.5 * z0 + (1.0 - alpha) ** 0.5 * eps
-
-
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Inputs of ``model``'s last ``nn.Linear`` for uint8 images (N, C, H, W), scaled as in training: (N, D)."""

@@ -30,10 +30,9 @@ from d3hr import __version__
 from d3hr.config import Config, validate
 from d3hr.data import fit_to_model, fit_to_saved, load_dataset, resolve_presets, safe_class_dir
 from d3hr.data.images import ImageSet
-from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
+from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample, forward_noise
 from d3hr.distill.baselines import (
     KMEANS_INIT,
-    forward_noise,
     herding_indices,
     kmeans_centroids,
     penultimate_features,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from d3hr.config import DiTConfig, VAEConfig
 from d3hr.data.images import ImageSet, fit_to_model
+from d3hr.diffusion.ddim import forward_noise
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
 from d3hr.utils.progress import progress
@@ -127,7 +128,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             drop = torch.rand(len(idx), generator=g) < cfg.label_dropout
             y[drop] = null
             a = alphas[t].view(-1, 1, 1, 1)
-            zt = a.sqrt() * x0 + (1 - a).sqrt() * eps  # forward marginal, DDPM Eq. 4
+            zt = forward_noise(x0, a, eps)
             with _autocast(device, precision):
                 pred = dit(zt.to(device), timestep=t.to(device), class_labels=y.to(device)).sample
             loss = F.mse_loss(pred.float()[:, : x0.shape[1]], eps.to(device))

@@ -18,7 +18,10 @@ def class_folders(images_dir: str | Path) -> list[Path]:
 def class_row(folder: str | Path, per_class: int = 10, max_side: int | None = None) -> np.ndarray | None:
     """The first ``per_class`` PNGs of ``folder`` side by side, (h, per_class * w, 3) uint8, black where a class has
     fewer; None when it has none. Tiles larger than ``max_side`` are shrunk to it (for large images in reports)."""
-    tiles = [Image.open(p).convert("RGB") for p in sorted(Path(folder).glob("*.png"))[:per_class]]
+    tiles = []
+    for p in sorted(Path(folder).glob("*.png"))[:per_class]:
+        with Image.open(p) as im:
+            tiles.append(im.convert("RGB"))
     if not tiles:
         return None
     w, h = tiles[0].size
