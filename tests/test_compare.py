@@ -41,3 +41,20 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     assert len(pointers) == 1  # every d3hr cell used the same cached generator
     assert [p.name for p in (out / "runs" / ".teachers").iterdir()]  # one teacher folder beside all the cells
     assert len(list((out / "runs").glob(".teachers/*/*.safetensors"))) == 1
+
+
+def test_merge_rows_keeps_earlier_cells_and_replaces_redone_ones():
+    from d3hr.compare import merge_rows, summarise
+
+    def row(method, ipc, seed, top1, epochs=300):
+        return {"method": method, "ipc": ipc, "seed": seed, "labels": "soft", "sweep": None, "student": "convnet",
+                "epochs": epochs, "top1": top1}
+
+    old = [row("d3hr", 10, 0, 0.5), row("d3hr", 10, 1, 0.6), row("d3hr", 50, 0, 0.7, epochs=100)]
+    new = [row("d3hr", 10, 1, 0.8), row("base-rs", 10, 0, 0.4)]
+    merged = merge_rows(old, new)
+    assert [(r["method"], r["ipc"], r["seed"], r["top1"]) for r in merged] == [
+        ("d3hr", 10, 0, 0.5), ("d3hr", 50, 0, 0.7), ("d3hr", 10, 1, 0.8), ("base-rs", 10, 0, 0.4)]
+    table = {(r["method"], r["ipc"], r["epochs"]): r for r in summarise(merged)}
+    assert table[("d3hr", 10, 300)]["n"] == 2 and abs(table[("d3hr", 10, 300)]["mean"] - 65.0) < 1e-9
+    assert table[("d3hr", 50, 100)]["n"] == 1

@@ -63,36 +63,60 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             rows.append({"method": cell.method, "ipc": cell.ipc, "seed": cell.seed, "labels": mode,
                          "sweep": list(cell.sweep) if cell.sweep else None, "student": student, "epochs": epochs,
                          "top1": rec["top1"], "teacher": res.get("teacher"), "run": cfg.out})
+    rows = merge_rows(_earlier_rows(out, base.data.name, student), rows)
     table = summarise(rows)
-    result = {"dataset": base.data.name, "student": student, "epochs": epochs, "seeds": seeds,
-              "teacher_epochs": teacher_epochs,
+    result = {"dataset": base.data.name, "student": student, "seeds": seeds, "teacher_epochs": teacher_epochs,
               "cells": rows, "summary": table}
     write_json(out / "results.json", result)
-    write_text(out / "results.md", markdown_table(table, base.data.name, student, epochs))
+    write_text(out / "results.md", markdown_table(table, base.data.name, student))
     plot_accuracy(table, out / "accuracy.png")
     return result
+
+
+def _cell_key(r: dict[str, Any]) -> tuple:
+    return (r["method"], r["ipc"], r["seed"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None, r["student"],
+            r["epochs"])
+
+
+def _earlier_rows(out: Path, dataset: str, student: str) -> list[dict[str, Any]]:
+    """Cells of earlier compares into the same OUT (same dataset and student), so that a grid can be run in parts."""
+    path = out / "results.json"
+    if not path.exists():
+        return []
+    old = read_json(path)
+    if old.get("dataset") != dataset:
+        return []
+    return [r for r in old.get("cells", []) if r.get("student") == student]
+
+
+def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` cells not redone in ``new``, then ``new``: one row per (method, IPC, seed, labels, sweep, student,
+    epochs)."""
+    fresh = {_cell_key(r) for r in new}
+    return [r for r in old if _cell_key(r) not in fresh] + list(new)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean and sample std of top-1 (in %) over seeds, per method, IPC, label mode and sweep value."""
     groups: dict[tuple, list[float]] = {}
     for r in rows:
-        key = (r["method"], r["ipc"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None)
+        key = (r["method"], r["ipc"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None, r["epochs"])
         groups.setdefault(key, []).append(100.0 * r["top1"])
-    return [{"method": m, "ipc": i, "labels": lab, "sweep": list(w) if w else None, "n": len(v),
+    return [{"method": m, "ipc": i, "labels": lab, "sweep": list(w) if w else None, "epochs": e, "n": len(v),
              "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for (m, i, lab, w), v in groups.items()]
+            for (m, i, lab, w, e), v in groups.items()]
 
 
-def markdown_table(table: list[dict[str, Any]], dataset: str, student: str, epochs: int) -> str:
-    """One row per method (and sweep value), one column per (labels, IPC): mean +- std over seeds."""
-    cols = sorted({(r["labels"], r["ipc"]) for r in table})
+def markdown_table(table: list[dict[str, Any]], dataset: str, student: str) -> str:
+    """One row per method (and sweep value), one column per (labels, IPC, student epochs): mean +- std over seeds."""
+    cols = sorted({(r["labels"], r["ipc"], r["epochs"]) for r in table})
     rows: dict[str, dict[tuple, str]] = {}
     for r in table:
         name = r["method"] + (f" ({r['sweep'][0]}={r['sweep'][1]})" if r["sweep"] else "")
-        rows.setdefault(name, {})[(r["labels"], r["ipc"])] = f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})"
-    head = "| method | " + " | ".join(f"{lab} IPC {ipc}" for lab, ipc in cols) + " |"
-    lines = [f"Top-1 (%) on the real {dataset} test set, {student} student, {epochs} epochs, mean ± std over "
+        rows.setdefault(name, {})[(r["labels"], r["ipc"], r["epochs"])] = (f"{r['mean']:.1f} ± {r['std']:.1f} "
+                                                                             f"(n={r['n']})")
+    head = "| method | " + " | ".join(f"{lab} IPC {ipc} ({ep} ep)" for lab, ipc, ep in cols) + " |"
+    lines = [f"Top-1 (%) on the real {dataset} test set, {student} student (epochs per column), mean ± std over "
              "distillation seeds (each scored by its own student seed).", "", head,
              "|" + "---|" * (len(cols) + 1)]
     lines += [f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |" for name, cells in rows.items()]

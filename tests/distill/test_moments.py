@@ -60,3 +60,15 @@ def test_normality_summary_tells_gaussian_from_skewed():
     a, b = normality_summary(normal), normality_summary(skewed)
     assert a["share_normal"] > 0.8 and b["share_normal"] < 0.05
     assert b["mean_abs_skewness"] > 10 * a["mean_abs_skewness"]
+
+
+def test_compact_then_expand_gives_the_same_bits():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 7, generator=g)
+    y = torch.tensor([0, 2, 5] * 13 + [2])  # classes 1, 3, 4 absent
+    m = Moments.from_batch(x, y, 6)
+    idx, *_ = m.compact()
+    assert idx.tolist() == [0, 2, 5]
+    back = Moments.expand(m.compact(), 6)
+    for a, b in zip((m.n, m.mean, m.m2, m.m3, m.m4), (back.n, back.mean, back.m2, back.m3, back.m4)):
+        assert torch.equal(a, b) and a.numpy().tobytes() == b.numpy().tobytes()

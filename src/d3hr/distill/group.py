@@ -14,7 +14,7 @@ choice does not depend on the chunk size or on how classes are spread over proce
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -92,12 +92,14 @@ def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim:
 
 def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc: int, candidates: int,
                   weights: tuple[float, float, float], seed: int, pools: int | None = None, chunk: int = 1024,
-                  strategy: str = "group", progress: Callable[[int], None] | None = None) -> Selection:
+                  strategy: str = "group", progress: Callable[[int], None] | None = None,
+                  pool_ids: Sequence[int] | None = None) -> Selection:
     """Choose one group of ``ipc`` latents per class from class Gaussians (mean, std, skew: (C, D)).
 
     ``strategy='random'`` is Base-RS: candidate 0 of each class's pool, no search. ``pools`` = k shares k candidate
     pools among the classes (class c uses pool c mod k); None gives every class its own. ``progress`` is called with
-    the number of classes finished.
+    the number of classes finished. ``pool_ids`` restricts the work to those pools (one process's share): the
+    classes of other pools are left at zero with an infinite loss.
     """
     num_classes, dim = mean.shape
     k = num_classes if pools is None else min(pools, num_classes)
@@ -108,7 +110,7 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
     best_index = torch.zeros(num_classes, dtype=torch.long)
     loss_first = torch.zeros(num_classes)
     best_z = torch.zeros(num_classes, ipc, dim)
-    for p in range(k):
+    for p in range(k) if pool_ids is None else pool_ids:
         cls = torch.arange(p, num_classes, k)  # classes sharing pool p
         for start in range(0, m, chunk):
             count = min(chunk, m - start)

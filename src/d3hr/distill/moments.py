@@ -81,6 +81,21 @@ class Moments:
     def from_tensors(cls, tensors: dict[str, torch.Tensor], prefix: str) -> Moments:
         return cls(*(tensors[f"{prefix}.{k}"].to(torch.float64) for k in ("n", "mean", "m2", "m3", "m4")))
 
+    def compact(self) -> tuple[torch.Tensor, ...]:
+        """Only the classes with samples: (classes (k,), n (k,), mean, m2, m3, m4 (k, D)), for sending between
+        processes; ``expand`` restores the same bits (absent classes are exact zeros)."""
+        idx = (self.n > 0).nonzero().squeeze(1)
+        return (idx, self.n[idx], self.mean[idx], self.m2[idx], self.m3[idx], self.m4[idx])
+
+    @classmethod
+    def expand(cls, compact: tuple[torch.Tensor, ...], num_classes: int) -> Moments:
+        """The dense moments of ``compact()`` output."""
+        idx, *rows = compact
+        out = cls.zeros(num_classes, rows[1].shape[1])
+        for full, part in zip((out.n, out.mean, out.m2, out.m3, out.m4), rows):
+            full[idx] = part
+        return out
+
 
 def normaltest_pvalues(skew: torch.Tensor, kurt: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
     """D'Agostino-Pearson K^2 p-values from biased skewness g1, excess kurtosis g2 and sample size n.

@@ -43,6 +43,7 @@ from d3hr.distill.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, build_small, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
+from d3hr.utils.dist import get_world, rank_device
 from d3hr.utils.io import (
     atomic_path,
     load_tensors,
@@ -91,7 +92,8 @@ class Run:
         validate(cfg)
         self.cfg = cfg
         self.root = Path(cfg.out)
-        self.device = torch.device(cfg.device)
+        self.world = get_world(cfg.device)  # torchrun: K processes; otherwise a world of one
+        self.device = torch.device(rank_device(cfg.device, self.world))
         self._train: ImageSet | None = None
         self._gen: Generator | None = None
         self._lock_fd: int | None = None
@@ -105,6 +107,8 @@ class Run:
         return read_json(self.state_file) if self.state_file.is_file() else {}
 
     def _record(self, stage: str, key: str, seconds: float, **extra: Any) -> None:
+        if not self.world.is_main:
+            return
         state = self.state()
         state[stage] = {"key": key, "seconds": round(seconds, 2), "peak_rss_mb": round(_peak_rss_mb(), 1), **extra}
         write_json(self.state_file, state)
@@ -115,7 +119,15 @@ class Run:
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold RUN/.lock for the duration: a second process writing the same run refuses to start."""
+        """Hold RUN/.lock for the duration: a second process writing the same run refuses to start. Under torchrun
+        rank 0 holds it for all ranks."""
+        if not self.world.is_main:
+            self.world.barrier()  # rank 0 has taken the lock and written config.yaml
+            try:
+                yield
+            finally:
+                self.world.barrier()
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -125,7 +137,11 @@ class Run:
             raise D3HRError(f"run folder {self.root} is in use by another d3hr process") from None
         try:
             write_text(self.root / "config.yaml", self.cfg.to_yaml())
-            yield
+            self.world.barrier()
+            try:
+                yield
+            finally:
+                self.world.barrier()  # the other ranks have finished with the run folder
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
@@ -192,17 +208,21 @@ class Run:
         key, path = self.generator_key(), self.generator_dir()
         pointer = {"path": str(path.resolve()) if path.exists() else str(path), "key": key,
                    "pretrained": self.cfg.generator.path is not None}
-        if self.cfg.generator.path is not None or (path / "transformer" / "config.json").is_file():
-            if not self._done("generator", key, []):
+        ready = self.world.broadcast(self.cfg.generator.path is not None
+                                     or (path / "transformer" / "config.json").is_file())
+        if ready:
+            if self.world.is_main and not self._done("generator", key, []):
                 write_json(self.root / "generator.json", pointer)
                 self._record("generator", key, 0.0, path=str(path))
             say(f"[generator] using {path}")
             return path
-        t0 = time.time()
-        self._train_generator(path)
-        pointer["path"] = str(path.resolve())
-        write_json(self.root / "generator.json", pointer)
-        self._record("generator", key, time.time() - t0, path=str(path))
+        if self.world.is_main:  # training is not sharded yet: rank 0 trains, the others wait for the result
+            t0 = time.time()
+            self._train_generator(path)
+            pointer["path"] = str(path.resolve())
+            write_json(self.root / "generator.json", pointer)
+            self._record("generator", key, time.time() - t0, path=str(path))
+        self.world.barrier()
         return path
 
     def _train_generator(self, path: Path) -> None:
@@ -243,23 +263,38 @@ class Run:
                             "batch_size": d.batch_size, "seed": self.cfg.seed if d.encode == "sample" else None})
 
     def stage_invert(self) -> Path:
-        """Encode every training image, invert to level K, and stream per-class moments (before and after)."""
+        """Encode every training image, invert to level K, and stream per-class moments (before and after).
+
+        Under torchrun, rank r inverts batches r, r + K, r + 2K, ...; rank 0 merges every batch's moments in batch
+        order, exactly as one process does, so the statistics are the same bytes.
+        """
         out = self.root / "stats.safetensors"
         key = self.invert_key()
-        if self._done("invert", key, [out]):
-            say(f"[invert] unchanged, skipped ({out})")
-            rec = self.state()["invert"]
-            say(_normality_table(rec["normality_z0"], rec["normality_zk"], self.cfg.diffusion.inversion_steps))
-            return out
         cached = cache_root(self.cfg) / "stats" / f"{key[:16]}.safetensors"
-        if cached.is_file() and load_tensors(cached)[1].get("key") == key:
-            with atomic_path(out, ".safetensors") as tmp:
-                shutil.copyfile(cached, tmp)
-            _, meta = load_tensors(out)
-            self._record("invert", key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
-                         normality_zk=meta["normality_zk"])
-            say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
-            say(_normality_table(meta["normality_z0"], meta["normality_zk"], self.cfg.diffusion.inversion_steps))
+        action = None
+        if self.world.is_main:
+            if self._done("invert", key, [out]):
+                action = "skip"
+            elif cached.is_file() and load_tensors(cached)[1].get("key") == key:
+                action = "cache"
+        action = self.world.broadcast(action)
+        if action == "skip":
+            say(f"[invert] unchanged, skipped ({out})")
+            if self.world.is_main:
+                rec = self.state()["invert"]
+                say(_normality_table(rec["normality_z0"], rec["normality_zk"], self.cfg.diffusion.inversion_steps))
+            return out
+        if action == "cache":
+            if self.world.is_main:
+                with atomic_path(out, ".safetensors") as tmp:
+                    shutil.copyfile(cached, tmp)
+                _, meta = load_tensors(out)
+                self._record("invert", key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
+                             normality_zk=meta["normality_zk"])
+                say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
+                say(_normality_table(meta["normality_z0"], meta["normality_zk"],
+                                     self.cfg.diffusion.inversion_steps))
+            self.world.barrier()
             return out
         gen = self.generator()
         t0 = time.time()
@@ -273,48 +308,68 @@ class Run:
         num_classes, dim = len(ds.classes), int(np.prod(gen.latent_shape))
         partial = self.root / "stats.partial.safetensors"
         m0, mk, start = Moments.zeros(num_classes, dim), Moments.zeros(num_classes, dim), 0
-        if partial.is_file():
+        if self.world.is_main and partial.is_file():
             tensors, meta = load_tensors(partial)
             if meta.get("key") == key:
                 m0, mk = Moments.from_tensors(tensors, "z0"), Moments.from_tensors(tensors, "zk")
                 start = int(meta["next_batch"])
                 say(f"[invert] resuming at batch {start}")
+        start = self.world.broadcast(start)
         batches = [np.arange(i, min(i + d.batch_size, len(ds))) for i in range(0, len(ds), d.batch_size)]
         bar = progress(len(ds), f"invert (K={d.inversion_steps}/{d.num_steps})", "img")
         bar.update(int(sum(len(b) for b in batches[:start])))
         last_save = time.time()
-        for b in range(start, len(batches)):
-            idx = batches[b]
-            y = torch.as_tensor(ds.targets[idx])
-            x = fit_to_model(ds.load(idx), self.cfg.data.image_size or gen.image_size, self.cfg.data.fit)
-            noise = generator_for(self.cfg.seed, "encode", b) if d.encode == "sample" else None
-            z0 = gen.encode(x, sample=d.encode == "sample", generator=noise)  # (B, c, h, w)
-            zk = ddim_invert(eps_fn, z0, labels_map[y], grid, d.inversion_steps)
-            if not (torch.isfinite(z0).all() and torch.isfinite(zk).all()):
-                raise D3HRError(f"non-finite latents in inversion batch {b} (images {idx[0]}..{idx[-1]})")
-            m0 = m0.merge(Moments.from_batch(z0.flatten(1), y, num_classes))
-            mk = mk.merge(Moments.from_batch(zk.flatten(1), y, num_classes))
-            bar.update(len(idx))
-            if time.time() - last_save >= _checkpoint_seconds() and b + 1 < len(batches):
-                save_tensors(partial, {**m0.tensors("z0"), **mk.tensors("zk")}, {"key": key, "next_batch": b + 1})
+        for first in range(start, len(batches), self.world.size):  # one round: batch first + r on rank r
+            b = first + self.world.rank
+            mine = self._invert_batch(gen, b, batches[b], labels_map, grid, eps_fn) if b < len(batches) else None
+            done = [x for x in self.world.all_gather(mine) if x is not None]  # in batch order
+            for item in done:
+                if isinstance(item, str):
+                    raise D3HRError(item)
+            if self.world.is_main:
+                for z0_part, zk_part in done:
+                    m0 = m0.merge(Moments.expand(z0_part, num_classes))
+                    mk = mk.merge(Moments.expand(zk_part, num_classes))
+            nxt = first + len(done)
+            bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
+            if self.world.is_main and time.time() - last_save >= _checkpoint_seconds() and nxt < len(batches):
+                save_tensors(partial, {**m0.tensors("z0"), **mk.tensors("zk")}, {"key": key, "next_batch": nxt})
                 last_save = time.time()
         bar.close()
-        before, after = normality_summary(m0), normality_summary(mk)
-        tensors = {"mean": mk.mean.float(), "std": mk.std().float(), "skewness": mk.skewness().float(),
-                   "excess_kurtosis": mk.excess_kurtosis().float(), "count": mk.n.to(torch.int64),
-                   "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
-                   "z0.excess_kurtosis": m0.excess_kurtosis().float()}
-        meta = {"key": key, "classes": ds.classes, "latent_shape": list(gen.latent_shape),
-                "inversion_steps": d.inversion_steps, "num_steps": d.num_steps,
-                "guidance_scale": d.guidance_scale, "normality_z0": before, "normality_zk": after}
-        save_tensors(out, tensors, meta)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached, ".safetensors") as tmp:
-            shutil.copyfile(out, tmp)
-        partial.unlink(missing_ok=True)
-        self._record("invert", key, time.time() - t0, images=len(ds), normality_z0=before, normality_zk=after)
-        say(_normality_table(before, after, d.inversion_steps))
+        if self.world.is_main:
+            before, after = normality_summary(m0), normality_summary(mk)
+            tensors = {"mean": mk.mean.float(), "std": mk.std().float(), "skewness": mk.skewness().float(),
+                       "excess_kurtosis": mk.excess_kurtosis().float(), "count": mk.n.to(torch.int64),
+                       "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
+                       "z0.excess_kurtosis": m0.excess_kurtosis().float()}
+            meta = {"key": key, "classes": ds.classes, "latent_shape": list(gen.latent_shape),
+                    "inversion_steps": d.inversion_steps, "num_steps": d.num_steps,
+                    "guidance_scale": d.guidance_scale, "normality_z0": before, "normality_zk": after}
+            save_tensors(out, tensors, meta)
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(cached, ".safetensors") as tmp:
+                shutil.copyfile(out, tmp)
+            partial.unlink(missing_ok=True)
+            self._record("invert", key, time.time() - t0, images=len(ds), processes=self.world.size,
+                         normality_z0=before, normality_zk=after)
+            say(_normality_table(before, after, d.inversion_steps))
+        self.world.barrier()
         return out
+
+    def _invert_batch(self, gen: Generator, b: int, idx: np.ndarray, labels_map: torch.Tensor, grid: DDIMGrid,
+                      eps_fn: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | str:
+        """Encode and invert inversion batch ``b`` (training images ``idx``); its per-class moments of z0 and zk in
+        compact form, or a one-line error."""
+        d, num_classes = self.cfg.diffusion, len(self.train_set.classes)
+        y = torch.as_tensor(self.train_set.targets[idx])
+        x = fit_to_model(self.train_set.load(idx), self.cfg.data.image_size or gen.image_size, self.cfg.data.fit)
+        noise = generator_for(self.cfg.seed, "encode", b) if d.encode == "sample" else None
+        z0 = gen.encode(x, sample=d.encode == "sample", generator=noise)  # (B, c, h, w)
+        zk = ddim_invert(eps_fn, z0, labels_map[y], grid, d.inversion_steps)
+        if not (torch.isfinite(z0).all() and torch.isfinite(zk).all()):
+            return f"non-finite latents in inversion batch {b} (images {idx[0]}..{idx[-1]})"
+        return (Moments.from_batch(z0.flatten(1), y, num_classes).compact(),
+                Moments.from_batch(zk.flatten(1), y, num_classes).compact())
 
     def select_key(self) -> str:
         s, d, method = self.cfg.select, self.cfg.diffusion, self.method
@@ -342,13 +397,14 @@ class Run:
             self.stage_invert()
         out = self.root / "selection.safetensors"
         key = self.select_key()
-        if self._done("select", key, [out]):
+        if self.world.broadcast(self._done("select", key, [out]) if self.world.is_main else None):
             say(f"[select] unchanged, skipped ({out})")
             return out
         if self.method in INVERT_METHODS:
             self._select_groups(out, key)
-        else:
+        elif self.world.is_main:  # baselines are not sharded: rank 0 selects, the others wait
             self._select_baseline(out, key)
+        self.world.barrier()
         return out
 
     def _select_groups(self, out: Path, key: str) -> None:
@@ -364,9 +420,18 @@ class Run:
                 c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
                 raise D3HRError(f"stats.safetensors: non-finite {name} for class '{meta['classes'][c]}'")
         bar = progress(len(mean), f"select ({strategy}, m={s.candidates if strategy == 'group' else 1})", "class")
-        sel = select_groups(mean, std, skew, s.ipc, s.candidates, tuple(s.weights), self.cfg.seed, s.pools,
-                            s.chunk, strategy, progress=bar.update)
+        num_pools = len(mean) if s.pools is None else min(s.pools, len(mean))
+        mine = self.world.shard(range(num_pools))  # whole pools per process: the same arithmetic as one process
+        part = select_groups(mean, std, skew, s.ipc, s.candidates, tuple(s.weights), self.cfg.seed, s.pools,
+                             s.chunk, strategy, progress=bar.update, pool_ids=mine)
         bar.close()
+        cls = [c for c in range(len(mean)) if c % num_pools in mine]
+        parts = self.world.all_gather((cls, part.x[cls], part.index[cls], part.loss[cls], part.loss_first[cls]))
+        if not self.world.is_main:
+            return
+        sel = part
+        for c_idx, x, index, loss, loss_first in parts:
+            sel.x[c_idx], sel.index[c_idx], sel.loss[c_idx], sel.loss_first[c_idx] = x, index, loss, loss_first
         shape = meta["latent_shape"]
         tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *shape), "index": sel.index, "pool": sel.pool,
                    "loss": sel.loss, "loss_first": sel.loss_first}
@@ -457,7 +522,7 @@ class Run:
         self.stage_select()
         out = self.root / "images"
         key = self.generate_key()
-        if self._done("generate", key, [out]):
+        if self.world.broadcast(self._done("generate", key, [out]) if self.world.is_main else None):
             say(f"[generate] unchanged, skipped ({out})")
             return out
         t0 = time.time()
@@ -472,19 +537,24 @@ class Run:
                                 f"{gen.latent_shape}")
             labels_map = self.class_labels(gen)
             grid, eps_fn = self.grid(gen), self.eps_fn(gen)
+        # A finished class is a folder in images.partial (written whole, then renamed); .key.json says which
+        # selection and settings the folder belongs to. Under torchrun, class c is generated by rank c mod K.
         partial = self.root / "images.partial"
-        done_file = partial / ".done.json"
-        done = read_json(done_file) if done_file.is_file() else {}
-        if done.get("key") != key:
-            shutil.rmtree(partial, ignore_errors=True)
-            done = {"key": key, "classes": []}
-        partial.mkdir(parents=True, exist_ok=True)
+        key_file = partial / ".key.json"
+        if self.world.is_main:
+            if not key_file.is_file() or read_json(key_file).get("key") != key:
+                shutil.rmtree(partial, ignore_errors=True)
+                partial.mkdir(parents=True)
+                write_json(key_file, {"key": key})
+        self.world.barrier()
         bs, save_size = self.cfg.generate.batch_size, self.cfg.generate.save_size
         k = 0 if self.method == "kmeans-latent" else self.cfg.diffusion.inversion_steps  # grid level of the latents
-        bar = progress(sum(counts), "generate", "img")
+        mine = self.world.shard(range(len(classes)))
+        bar = progress(sum(counts[c] for c in mine), "generate", "img")
         folders = _class_folders(classes)
-        for c, n in enumerate(counts):
-            if c in done["classes"]:
+        for c in mine:
+            n = counts[c]
+            if (partial / folders[c]).is_dir():
                 bar.update(n)
                 continue
             images = []
@@ -499,18 +569,21 @@ class Run:
                 images.append(fit_to_saved(x, ds.resolution, fit, save_size))
                 bar.update(len(x))
             _save_class_pngs(partial / folders[c], torch.cat(images))
-            done["classes"].append(c)
-            write_json(done_file, done)
         bar.close()
-        done_file.unlink()
-        replace_dir(partial, out)
-        self._record("generate", key, time.time() - t0, images=sum(counts))
+        self.world.barrier()
+        if self.world.is_main:
+            key_file.unlink()
+            replace_dir(partial, out)
+            self._record("generate", key, time.time() - t0, images=sum(counts), processes=self.world.size)
+        self.world.barrier()
         return out
 
     def write_manifest(self) -> Path:
         """manifest.json: format, dataset, classes, method, ipc, seeds, versions and the sha256 of every file."""
         import diffusers
 
+        if not self.world.is_main:
+            return self.root / "manifest.json"
         ds = self.train_set
         files = {}
         for p in sorted(self.root.rglob("*")):

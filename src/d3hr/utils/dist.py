@@ -1,0 +1,103 @@
+"""Several processes on torch.distributed (launched by torchrun), or a world of one.
+
+d3hr shards work by fixed units (inversion batches of a fixed size, whole candidate pools, whole classes) and merges
+results in unit order, so K processes write the same bytes as one. Rank 0 writes the run's bookkeeping (config,
+stages.json, manifest); every rank reads the same inputs. Backend: nccl for CUDA devices, gloo otherwise.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among ``size`` processes (rank 0 is the main one)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def shard(self, units: Sequence[T]) -> list[T]:
+        """This rank's units: every size-th one starting at rank (whole units only)."""
+        return list(units[self.rank :: self.size])
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order, on every rank (IPC only: never written to disk)."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's ``obj`` on every rank."""
+        if not self.distributed:
+            return obj
+        box = [obj if self.is_main else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+_WORLD: World | None = None
+
+
+def get_world(device: str = "cpu") -> World:
+    """The world of this process: from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK), initialised once.
+
+    Ranks other than 0 are quiet (no progress bars or status lines). D3HR_DIST_TIMEOUT_MINUTES (default 600) bounds
+    how long a rank waits for the others, e.g. while rank 0 trains a generator.
+    """
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        _WORLD = World()
+        return _WORLD
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch.distributed.is_initialized():
+        cuda = device.startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(local)
+        minutes = float(os.environ.get("D3HR_DIST_TIMEOUT_MINUTES", "600"))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo",
+                                             timeout=datetime.timedelta(minutes=minutes))
+        atexit.register(_shutdown)
+    if rank != 0:
+        os.environ["D3HR_QUIET"] = "1"
+    _WORLD = World(rank, size, local)
+    return _WORLD
+
+
+def rank_device(device: str, world: World) -> str:
+    """One CUDA device per local rank ('cuda' -> 'cuda:<local_rank>'); other devices unchanged."""
+    if device == "cuda" and world.distributed:
+        return f"cuda:{world.local_rank}"
+    return device
+
+
+def _shutdown() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
