@@ -26,6 +26,13 @@ def train_generator(cfg: Config | None = None, **overrides: Any) -> Path:
         return run.stage_generator()
 
 
+def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
+    """Fine-tune the pretrained generator ``cfg.generator.path`` on ``cfg.data``; returns OUT (diffusers layout)."""
+    from d3hr.generator.finetune import finetune as _finetune
+
+    return _finetune(cfg, out, vae_epochs)
+
+
 def invert(cfg: Config | None = None, **overrides: Any) -> Path:
     """Encode, invert to level K and fit per-class statistics; returns RUN/stats.safetensors."""
     run = Run(_config(cfg, overrides))

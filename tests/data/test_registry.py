@@ -136,3 +136,19 @@ def test_torchvision_dataset_without_root_or_files(tmp_path):
         load_dataset(DataConfig("cifar10"), "train")
     with pytest.raises(D3HRError, match="pass --download"):
         load_dataset(DataConfig("cifar10", root=str(tmp_path)), "train")
+
+
+def test_match_channels_repeats_gray_and_takes_luma_of_rgb():
+    import torch
+
+    from d3hr.data.images import match_channels
+
+    gray = torch.rand(2, 1, 4, 4)
+    rgb = match_channels(gray, 3)
+    assert rgb.shape == (2, 3, 4, 4) and torch.equal(rgb[:, 2], gray[:, 0])
+    torch.testing.assert_close(match_channels(rgb, 1), gray)  # luma weights sum to 1
+    pure_red = torch.zeros(1, 3, 1, 1)
+    pure_red[:, 0] = 1.0
+    assert abs(float(match_channels(pure_red, 1)) - 0.299) < 1e-6
+    with pytest.raises(D3HRError, match="cannot convert 2-channel images"):
+        match_channels(torch.zeros(1, 2, 4, 4), 3)

@@ -89,6 +89,20 @@ def fit_to_model(images: torch.Tensor, size: int, fit: str) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
+def match_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """Images (B, C, H, W) with ``channels`` channels: grayscale repeated to RGB for an RGB generator, RGB to luma
+    (ITU-R 601: 0.299 R + 0.587 G + 0.114 B) for a grayscale dataset."""
+    have = x.shape[1]
+    if have == channels:
+        return x
+    if have == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1)
+    if have == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device)
+        return (x * w[None, :, None, None]).sum(dim=1, keepdim=True)
+    raise D3HRError(f"cannot convert {have}-channel images to the {channels} channels needed")
+
+
 def fit_to_saved(x: torch.Tensor, native: int, fit: str, save_size: int | None = None) -> torch.Tensor:
     """float (B, C, S, S) in about [-1, 1] -> uint8 (B, C, s, s), the inverse of ``fit_to_model``, quantized once."""
     x = x.float()

@@ -29,7 +29,7 @@ import torch
 from d3hr import __version__
 from d3hr.config import Config, validate
 from d3hr.data import fit_to_model, fit_to_saved, load_dataset, resolve_presets, safe_class_dir
-from d3hr.data.images import ImageSet
+from d3hr.data.images import ImageSet, match_channels
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample, forward_noise
 from d3hr.distill.baselines import (
     KMEANS_INIT,
@@ -565,7 +565,8 @@ class Run:
                 else:
                     zk = latents[c, i : min(i + bs, n)]
                     y = labels_map[torch.full((len(zk),), c)]
-                    x = gen.decode(ddim_sample(eps_fn, zk, y, grid, k)).cpu()  # (b, C, S, S)
+                    x = gen.decode(ddim_sample(eps_fn, zk, y, grid, k)).cpu()  # (b, C_gen, S, S)
+                    x = match_channels(x, ds.channels)  # an RGB generator on a grayscale dataset: luma
                 images.append(fit_to_saved(x, ds.resolution, fit, save_size))
                 bar.update(len(x))
             _save_class_pngs(partial / folders[c], torch.cat(images))

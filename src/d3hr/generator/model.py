@@ -12,6 +12,7 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
 
+from d3hr.data.images import match_channels
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.errors import D3HRError
 from d3hr.utils.io import write_json
@@ -70,6 +71,7 @@ class Generator:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = match_channels(x, self.vae.config.in_channels)  # grayscale data into an RGB VAE: channels repeated
         """Images (B, C, H, W) in [-1, 1] -> scaled latents z0 (B, c, h, w): posterior mean, or a seeded sample."""
         dist = self.vae.encode(x.to(self.device)).latent_dist
         z = dist.sample(generator=generator) if sample else dist.mean

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from d3hr.config import DiTConfig, VAEConfig
-from d3hr.data.images import ImageSet, fit_to_model
+from d3hr.data.images import ImageSet, fit_to_model, match_channels
 from d3hr.diffusion.ddim import forward_noise
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -58,7 +58,8 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
         noise = generator_for(seed, "vae-noise", epoch)
         total, count = 0.0, 0
         for idx in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
-            x = fit_to_model(images.load(idx), image_size, fit).to(device, memory_format=torch.channels_last)
+            x = match_channels(fit_to_model(images.load(idx), image_size, fit), vae.config.in_channels)
+            x = x.to(device, memory_format=torch.channels_last)
             with _autocast(device, precision):
                 dist = vae.encode(x).latent_dist
                 z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise).to(device)
@@ -90,7 +91,7 @@ def encode_dataset(gen: Generator, images: ImageSet, image_size: int, fit: str,
     bar = progress(len(images), "encode", "img")
     for i in range(0, len(images), batch_size):
         idx = np.arange(i, min(i + batch_size, len(images)))
-        x = fit_to_model(images.load(idx), image_size, fit)
+        x = match_channels(fit_to_model(images.load(idx), image_size, fit), gen.vae.config.in_channels)
         out.append(gen.vae.encode(x.to(gen.device)).latent_dist.mean.float().cpu())
         bar.update(len(idx))
     bar.close()

@@ -1,0 +1,77 @@
+"""A tiny random DiT + VAE in the facebook/DiT-XL-2-256 diffusers layout (1000 labels, learned sigma), loaded by
+--generator and used on an ImageNet-style folder of wnid classes through the built-in class map."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
+from PIL import Image
+
+from d3hr.cli import main
+from d3hr.config import load_config
+from d3hr.distill.pipeline import Run
+
+WNIDS = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
+
+
+@pytest.fixture(scope="module")
+def dit_xl_layout(tmp_path_factory):
+    """The hub repository's layout and configs, scaled down: 3-channel VAE with 8x downsampling in the real one
+    (2x here), DiT with patch 2, out_channels 2 * in_channels, 1000 class embeddings (+1 null)."""
+    root = tmp_path_factory.mktemp("DiT-XL-2-256")
+    torch.manual_seed(0)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                        latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=0.18215)
+    dit = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+                                num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
+    vae.save_pretrained(root / "vae", safe_serialization=True)
+    dit.save_pretrained(root / "transformer", safe_serialization=True)
+    DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+                  clip_sample=False).save_pretrained(root / "scheduler")
+    (root / "model_index.json").write_text(json.dumps({
+        "_class_name": "DiTPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
+        "transformer": ["diffusers", "DiTTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    return root
+
+
+def _imagenet_folder(root, classes, per_class=(6, 2)):
+    rng = np.random.default_rng(0)
+    for split, n in zip(("train", "val"), per_class):
+        for wnid in classes:
+            (root / split / wnid).mkdir(parents=True)
+            for i in range(n):  # JPEG-sized oddities: not square, not the generator's size
+                Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+                    root / split / wnid / f"{wnid}_{i}.JPEG", format="JPEG")
+    return root
+
+
+ARGS = ["--dataset", "imagefolder", "--class-map", "imagenet", "--ipc", "2", "--set", "select.candidates=64",
+        "--set", "diffusion.num_steps=10", "--set", "diffusion.inversion_steps=3", "--set", "generate.save_size=12"]
+
+
+def test_distill_with_dit_xl_layout_and_imagenet_class_map(dit_xl_layout, tmp_path):
+    data = _imagenet_folder(tmp_path / "imagenet", WNIDS)
+    run = tmp_path / "run"
+    assert main(["distill", *ARGS, "--root", str(data), "--generator", str(dit_xl_layout), "--out", str(run)]) == 0
+    pngs = sorted((run / "images").rglob("*.png"))
+    assert len(pngs) == 3 * 2
+    assert {Image.open(p).size for p in pngs} == {(12, 12)}  # saved at generate.save_size
+    assert Image.open(pngs[0]).mode == "RGB"
+    cfg = load_config(run / "config.yaml")
+    assert cfg.diffusion.guidance_scale == 4.0  # the authors' scale is the default for a pretrained generator
+    r = Run(cfg)
+    gen = r.generator()
+    assert gen.num_labels == 1000 and gen.latent_shape == (4, 8, 8)  # images encoded at the VAE's 16 px
+    assert r.class_labels(gen).tolist() == list(WNIDS.values())
+
+
+def test_classes_without_an_imagenet_index_are_named(dit_xl_layout, tmp_path, capsys):
+    data = _imagenet_folder(tmp_path / "imagenet", ["n01440764", "my_cats", "my_dogs"])
+    rc = main(["distill", *ARGS, "--root", str(data), "--generator", str(dit_xl_layout), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == "d3hr: error: class map 'imagenet' has no label index for 2 classes: my_cats, my_dogs"
+    assert not (tmp_path / "r" / "stats.safetensors").exists()
