@@ -78,14 +78,17 @@ def group_loss_reference(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
     return (l_mu * (m - mu).norm(dim=1) + l_sigma * (s - sigma).norm(dim=1) + l_gamma * (g - gamma).norm(dim=1))
 
 
-def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim: int) -> torch.Tensor:
-    """Candidates [start, start + count) of a pool as z (count, ipc, D); ``start`` must be a multiple of DRAW_BLOCK."""
+def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim: int,
+                    device: torch.device | str = "cpu") -> torch.Tensor:
+    """Candidates [start, start + count) of a pool as z (count, ipc, D); ``start`` must be a multiple of DRAW_BLOCK.
+
+    Drawn on ``device`` with its own generator: the same seed gives other numbers on CUDA than on the CPU."""
     blocks = []
     first = start // DRAW_BLOCK
     last = (start + count - 1) // DRAW_BLOCK
     for b in range(first, last + 1):
-        g = generator_for(seed, "pool", pool, "block", b)
-        blocks.append(torch.randn(DRAW_BLOCK, ipc, dim, generator=g))
+        g = generator_for(seed, "pool", pool, "block", b, device=device)
+        blocks.append(torch.randn(DRAW_BLOCK, ipc, dim, generator=g, device=device))
     z = torch.cat(blocks)  # (blocks * DRAW_BLOCK, ipc, D)
     return z[: count]
 
@@ -93,19 +96,20 @@ def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim:
 def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc: int, candidates: int,
                   weights: tuple[float, float, float], seed: int, pools: int | None = None, chunk: int = 1024,
                   strategy: str = "group", progress: Callable[[int], None] | None = None,
-                  pool_ids: Sequence[int] | None = None) -> Selection:
+                  pool_ids: Sequence[int] | None = None, device: torch.device | str = "cpu") -> Selection:
     """Choose one group of ``ipc`` latents per class from class Gaussians (mean, std, skew: (C, D)).
 
     ``strategy='random'`` is Base-RS: candidate 0 of each class's pool, no search. ``pools`` = k shares k candidate
     pools among the classes (class c uses pool c mod k); None gives every class its own. ``progress`` is called with
     the number of classes finished. ``pool_ids`` restricts the work to those pools (one process's share): the
-    classes of other pools are left at zero with an infinite loss.
+    classes of other pools are left at zero with an infinite loss. ``device``: where candidates are drawn and scored
+    (CUDA draws differ from CPU draws for the same seed); results come back on the CPU.
     """
     num_classes, dim = mean.shape
     k = num_classes if pools is None else min(pools, num_classes)
     m = 1 if strategy == "random" else candidates
     chunk = max(DRAW_BLOCK, (chunk // DRAW_BLOCK) * DRAW_BLOCK)
-    sigma, gamma = std.float(), skew.float()
+    sigma, gamma = std.float().to(device), skew.float().to(device)
     best_loss = torch.full((num_classes,), float("inf"))
     best_index = torch.zeros(num_classes, dtype=torch.long)
     loss_first = torch.zeros(num_classes)
@@ -114,8 +118,8 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
         cls = torch.arange(p, num_classes, k)  # classes sharing pool p
         for start in range(0, m, chunk):
             count = min(chunk, m - start)
-            z = draw_candidates(seed, p, start, count, ipc, dim)  # (count, ipc, D)
-            loss = group_loss(*group_z_stats(z), sigma[cls], gamma[cls], weights)  # (count, |cls|)
+            z = draw_candidates(seed, p, start, count, ipc, dim, device)  # (count, ipc, D)
+            loss = group_loss(*group_z_stats(z), sigma[cls], gamma[cls], weights).cpu()  # (count, |cls|)
             if start == 0:
                 loss_first[cls] = loss[0]
             value, idx = loss.min(dim=0)  # first minimum within the chunk
@@ -124,7 +128,7 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
                 upd = cls[better]
                 best_loss[upd] = value[better]
                 best_index[upd] = idx[better] + start
-                best_z[upd] = z[idx[better]]
+                best_z[upd] = z[idx[better].to(z.device)].cpu()
         if progress is not None:
             progress(len(cls))
     x = mean.float()[:, None, :] + std.float()[:, None, :] * best_z  # (C, ipc, D)
