@@ -402,8 +402,11 @@ class Run:
             return out
         if self.method in INVERT_METHODS:
             self._select_groups(out, key)
-        elif self.world.is_main:  # baselines are not sharded: rank 0 selects, the others wait
-            self._select_baseline(out, key)
+        else:
+            # Every rank takes part in getting the herding teacher (under torchrun it trains with DDP).
+            teacher = self._herding_teacher() if self.method == "herding" else None
+            if self.world.is_main:  # baselines are not sharded: rank 0 selects, the others wait
+                self._select_baseline(out, key, teacher)
         self.world.barrier()
         return out
 
@@ -446,14 +449,15 @@ class Run:
         say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
             f"({100 * gain:.1f}% under a single random group)")
 
-    def _select_baseline(self, out: Path, key: str) -> None:
+    def _select_baseline(self, out: Path, key: str,
+                         teacher_pair: tuple[torch.nn.Module, dict[str, Any]] | None = None) -> None:
         """Real image indices (random-real, herding) and/or latents (kmeans-latent: level 0, base-ddpm: level K)."""
         t0 = time.time()
         method, s, ds, seed = self.method, self.cfg.select, self.train_set, self.cfg.seed
         short = _short_classes(ds.classes, ds.class_counts().tolist(), s.ipc, s.allow_short_classes)
         random_draw = "uniform without replacement: torch.randperm seeded by sha256('seed:random-real:c')"
         if method == "herding":
-            teacher, info = self._herding_teacher()
+            teacher, info = teacher_pair or self._herding_teacher()
             details = {"features": f"penultimate layer of the {HERDING_TEACHER} teacher (d3hr.evaluate.teacher)",
                        "teacher": info["path"], "teacher_epochs": info["epochs"],
                        "teacher_test_top1": info["test_top1"]}

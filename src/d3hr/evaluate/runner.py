@@ -26,6 +26,7 @@ from d3hr.evaluate.results import append_record, read_results, record_key, summa
 from d3hr.evaluate.students import check_student, create_student
 from d3hr.evaluate.teacher import flip_default, get_teacher
 from d3hr.evaluate.train import TrainSetup, train_model
+from d3hr.utils.dist import get_world, rank_device
 from d3hr.utils.io import read_json, sha256_file
 from d3hr.utils.progress import say
 from d3hr.utils.seeding import derive_seed
@@ -48,6 +49,8 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft"
     their summary, the teacher used and how many records were trained or skipped.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    world = get_world(str(device))  # torchrun: students and teacher train with DDP, rank 0 writes the records
+    device = rank_device(str(device), world)
     _check_args(labels, seed_list, epochs, batch_size, precision, best_of_last)
     teacher = (teacher or "convnet") if labels == "soft" else None
     for name in (student, teacher):
@@ -90,11 +93,13 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft"
                              test=(test_pixels, test_targets), track_last=best_of_last,
                              desc=f"{student} {labels} seed {s}")
         rec = {**base, "seed": s, "top1": result.top1, "train_images": len(images), "test_images": len(test),
-               "final_loss": result.losses[-1], "device": str(device), "seconds": round(time.time() - t0, 1)}
+               "final_loss": result.losses[-1], "device": str(device), "processes": world.size,
+               "seconds": round(time.time() - t0, 1)}
         if best_of_last:
             rec[f"top1_best_of_last_{best_of_last}_epochs"] = max(result.last_top1)
         say(f"[evaluate] {student} {labels} {epochs} epochs seed {s}: top-1 {100 * result.top1:.2f}%")
-        append_record(results_path, rec, run_info, teacher_info)
+        if world.is_main:
+            append_record(results_path, rec, run_info, teacher_info)
         records.append(rec)
     summary = summarise(records)[0]
     teacher_info = (teacher_info or previous["teachers"].get(teacher)) if teacher is not None else None

@@ -25,6 +25,7 @@ from d3hr.evaluate.augment import Augment
 from d3hr.evaluate.results import file_lock
 from d3hr.evaluate.students import create_student
 from d3hr.evaluate.train import TrainSetup, train_model
+from d3hr.utils.dist import get_world
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json, write_json
 from d3hr.utils.progress import say
 
@@ -79,11 +80,18 @@ def get_teacher(run_dir: Path, data: DataConfig, test: ImageSet, arch: str = "co
     """
     path = teacher_path(run_dir, data, test, arch)
     device = torch.device(device)
-    with file_lock(path.with_name(f".{arch}.lock")):  # one process trains it, the others wait and reuse it
-        if not path.is_file():
-            _train_teacher(path, data, test, arch, epochs or TEACHER_EPOCHS.get(data.name, DEFAULT_TEACHER_EPOCHS),
-                           device)
+    train_epochs = epochs or TEACHER_EPOCHS.get(data.name, DEFAULT_TEACHER_EPOCHS)
+    world = get_world()
+    if world.distributed:  # torchrun: every rank trains it together (DDP), rank 0 writes it
+        if not world.broadcast(path.is_file() if world.is_main else None):
+            _train_teacher(path, data, test, arch, train_epochs, device)
+        world.barrier()
         model, meta = load_teacher(path, device)
+    else:
+        with file_lock(path.with_name(f".{arch}.lock")):  # one process trains it, the others wait and reuse it
+            if not path.is_file():
+                _train_teacher(path, data, test, arch, train_epochs, device)
+            model, meta = load_teacher(path, device)
     if epochs is not None and meta["epochs"] != epochs:
         raise D3HRError(f"cached teacher {path} was trained for {meta['epochs']} epochs, not {epochs}; "
                         "delete it to retrain (every method is scored against the same teacher)")
@@ -107,6 +115,7 @@ def _train_teacher(path: Path, data: DataConfig, test: ImageSet, arch: str, epoc
             "epochs": epochs, "seed": TEACHER_SEED, "train_images": len(train), "test_images": len(test),
             "test_top1": result.top1, "batch_size": TEACHER_BATCH, "lr": setup.lr, "weight_decay": setup.weight_decay,
             "crop_scale": list(TEACHER_CROP_SCALE), "flip": aug.flip, "seconds": round(time.time() - t0, 1)}
-    save_tensors(path, model.state_dict(), meta)
-    write_json(path.with_suffix(".json"), meta)
+    if get_world().is_main:
+        save_tensors(path, model.state_dict(), meta)
+        write_json(path.with_suffix(".json"), meta)
     say(f"[teacher] {arch}: test top-1 {100 * result.top1:.2f}% after {epochs} epochs ({meta['seconds']} s)")

@@ -2,6 +2,10 @@
 
 ``train_one_epoch`` and ``validate`` are plain functions (as in timm); ``train_model`` runs the epoch loop with
 AdamW (no weight decay on norm and bias parameters) and a per-step cosine learning rate.
+
+Under torchrun the model is wrapped in DistributedDataParallel: every rank draws the same batch and augmentation
+(seeded generators), trains on its contiguous share of the batch with the loss scaled so that the averaged gradient
+is the full batch's, and validation splits the test set and sums the correct counts.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from d3hr.errors import D3HRError
 from d3hr.evaluate.augment import Augment, augment_batch
+from d3hr.utils.dist import get_world
 from d3hr.utils.progress import progress
 from d3hr.utils.seeding import generator_for
 
@@ -80,6 +86,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
     """One pass over (N, C, H, W) uint8 ``images``; soft-label loss when a ``teacher`` is given, else cross-entropy
     on the CutMix-ed labels. Returns the mean loss."""
     device = next(model.parameters()).device
+    world = get_world()
     model.train()
     n = len(images)
     perm = torch.randperm(n, generator=order)
@@ -88,7 +95,14 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
     for idx in perm.tensor_split(math.ceil(n / setup.batch_size)):
         x = to_input(images[idx].to(device))
         y = targets[idx].to(device)
-        x, mix_perm, lam = augment_batch(x, aug, aug_gen)
+        x, mix_perm, lam = augment_batch(x, aug, aug_gen)  # the same on every rank
+        y_b = y[mix_perm.to(device)] if mix_perm is not None else None
+        share = 1.0
+        if world.distributed:  # this rank's rows of the batch; DDP averages the gradients over ranks
+            rows = torch.arange(len(x)).tensor_split(world.size)[world.rank].to(device)
+            share = len(rows) * world.size / len(x)
+            x, y = x[rows], y[rows]
+            y_b = y_b[rows] if y_b is not None else None
         with autocast(device, setup.precision):
             logits = model(x)
             if teacher is not None:
@@ -96,16 +110,19 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
                     teacher_logits = teacher(x)
         if teacher is not None:
             loss = soft_label_loss(logits, teacher_logits, setup.temperature)
-        elif mix_perm is None:
+        elif y_b is None:
             loss = F.cross_entropy(logits.float(), y)
         else:
-            y_b = y[mix_perm.to(device)]
             loss = lam * F.cross_entropy(logits.float(), y) + (1 - lam) * F.cross_entropy(logits.float(), y_b)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * share).backward()
         opt.step()
         sched.step()
-        total += loss.item() * len(idx)
+        total += loss.item() * len(x)  # this rank's rows
+    if world.distributed:
+        both = torch.tensor([total], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(both)
+        total = float(both.item())
     return total / n
 
 
@@ -113,14 +130,25 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
 def validate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, precision: str = "fp32") -> float:
     """Top-1 accuracy (a fraction) of ``model`` on (N, C, H, W) uint8 ``images``, unaugmented."""
     device = next(model.parameters()).device
+    world = get_world()
     model.eval()
     correct = 0
-    for i in range(0, len(images), EVAL_BATCH):
-        x = to_input(images[i : i + EVAL_BATCH].to(device))
+    lo, hi = _rank_span(len(images), world.rank, world.size)  # this rank's share of the test set
+    for i in range(lo, hi, EVAL_BATCH):
+        x = to_input(images[i : min(i + EVAL_BATCH, hi)].to(device))
         with autocast(device, precision):
             pred = model(x).argmax(1)
-        correct += int((pred.cpu() == targets[i : i + EVAL_BATCH]).sum())
+        correct += int((pred.cpu() == targets[i : min(i + EVAL_BATCH, hi)]).sum())
+    if world.distributed:
+        total = torch.tensor([correct], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(total)
+        correct = int(total.item())
     return correct / len(images)
+
+
+def _rank_span(n: int, rank: int, size: int) -> tuple[int, int]:
+    """Contiguous [lo, hi) share of n items for ``rank`` of ``size``."""
+    return n * rank // size, n * (rank + 1) // size
 
 
 def train_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, setup: TrainSetup, aug: Augment,
@@ -131,6 +159,12 @@ def train_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, s
     epoch, and after each of the last ``track_last`` epochs. ``seed`` fixes data order and augmentation."""
     if teacher is not None:
         teacher.eval()
+    world = get_world()
+    net = model
+    if world.distributed:
+        if setup.batch_size < world.size:
+            raise D3HRError(f"batch size {setup.batch_size} is smaller than the {world.size} processes")
+        net = torch.nn.parallel.DistributedDataParallel(model)  # broadcasts rank 0's initial weights
     steps = setup.epochs * math.ceil(len(images) / setup.batch_size)
     opt = torch.optim.AdamW(param_groups(model, setup.weight_decay), lr=setup.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
@@ -138,7 +172,7 @@ def train_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, s
     result = TrainResult(top1=None)
     bar = progress(setup.epochs, desc, "epoch")
     for epoch in range(setup.epochs):
-        result.losses.append(train_one_epoch(model, images, targets, opt, sched, setup, aug, order, aug_gen,
+        result.losses.append(train_one_epoch(net, images, targets, opt, sched, setup, aug, order, aug_gen,
                                              teacher))
         if test is not None and epoch >= setup.epochs - max(track_last, 1):
             result.last_top1.append(validate(model, *test, precision=setup.precision))
