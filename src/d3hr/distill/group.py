@@ -35,21 +35,25 @@ class Selection:
     loss_first: torch.Tensor  # (C,) float32 loss of candidate 0 (the Base-RS group), for reference
 
 
-def group_z_stats(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def group_z_stats(z: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension statistics of standard-normal groups z (m, ipc, D).
 
     Returns mean(z), std(z) - 1 (unbiased std) and skew(z) (Fisher, biased), each (m, D). With ipc = 1 the std
-    and skewness are undefined and returned as zeros (only the mean term can score a single image).
+    and skewness are undefined and returned as zeros (only the mean term can score a single image). ``work``: two
+    buffers at least z's size, reused across calls instead of fresh temporaries (the same arithmetic, bit for bit).
     """
     ipc = z.shape[1]
     zbar = z.mean(dim=1)  # (m, D)
     if ipc == 1:
         zeros = torch.zeros_like(zbar)
         return zbar, zeros, zeros
-    d = z - zbar[:, None, :]  # (m, ipc, D)
-    d2 = d * d
+    if work is None:
+        work = (torch.empty_like(z), torch.empty_like(z))
+    d = torch.sub(z, zbar[:, None, :], out=work[0][: len(z)])  # (m, ipc, D)
+    d2 = torch.mul(d, d, out=work[1][: len(z)])
     m2 = d2.mean(dim=1)
-    m3 = (d2 * d).mean(dim=1)
+    m3 = d2.mul_(d).mean(dim=1)  # d^3
     std = (m2 * (ipc / (ipc - 1))).sqrt()
     skew = m3 / m2.clamp_min(torch.finfo(z.dtype).tiny).pow(1.5)
     return zbar, std - 1.0, skew
@@ -79,18 +83,19 @@ def group_loss_reference(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor,
 
 
 def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim: int,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
+                    device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
     """Candidates [start, start + count) of a pool as z (count, ipc, D); ``start`` must be a multiple of DRAW_BLOCK.
 
-    Drawn on ``device`` with its own generator: the same seed gives other numbers on CUDA than on the CPU."""
-    blocks = []
+    Drawn on ``device`` with its own generator: the same seed gives other numbers on CUDA than on the CPU. ``out``:
+    a buffer of at least ``count`` rounded up to whole blocks, written in place (no fresh allocation)."""
     first = start // DRAW_BLOCK
-    last = (start + count - 1) // DRAW_BLOCK
-    for b in range(first, last + 1):
-        g = generator_for(seed, "pool", pool, "block", b, device=device)
-        blocks.append(torch.randn(DRAW_BLOCK, ipc, dim, generator=g, device=device))
-    z = torch.cat(blocks)  # (blocks * DRAW_BLOCK, ipc, D)
-    return z[: count]
+    blocks = (count + DRAW_BLOCK - 1) // DRAW_BLOCK
+    if out is None:
+        out = torch.empty(blocks * DRAW_BLOCK, ipc, dim, device=device)
+    for j in range(blocks):
+        g = generator_for(seed, "pool", pool, "block", first + j, device=device)
+        torch.randn(DRAW_BLOCK, ipc, dim, generator=g, out=out[j * DRAW_BLOCK : (j + 1) * DRAW_BLOCK])
+    return out[:count]
 
 
 def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc: int, candidates: int,
@@ -114,12 +119,15 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
     best_index = torch.zeros(num_classes, dtype=torch.long)
     loss_first = torch.zeros(num_classes)
     best_z = torch.zeros(num_classes, ipc, dim)
+    rows = min(chunk, (m + DRAW_BLOCK - 1) // DRAW_BLOCK * DRAW_BLOCK)
+    zbuf = torch.empty(rows, ipc, dim, device=device)  # reused buffers: no page faults for fresh temporaries
+    work = (torch.empty_like(zbuf), torch.empty_like(zbuf))
     for p in range(k) if pool_ids is None else pool_ids:
         cls = torch.arange(p, num_classes, k)  # classes sharing pool p
         for start in range(0, m, chunk):
             count = min(chunk, m - start)
-            z = draw_candidates(seed, p, start, count, ipc, dim, device)  # (count, ipc, D)
-            loss = group_loss(*group_z_stats(z), sigma[cls], gamma[cls], weights).cpu()  # (count, |cls|)
+            z = draw_candidates(seed, p, start, count, ipc, dim, device, out=zbuf)  # (count, ipc, D)
+            loss = group_loss(*group_z_stats(z, work), sigma[cls], gamma[cls], weights).cpu()  # (count, |cls|)
             if start == 0:
                 loss_first[cls] = loss[0]
             value, idx = loss.min(dim=0)  # first minimum within the chunk
