@@ -216,12 +216,12 @@ class Run:
                 self._record("generator", key, 0.0, path=str(path))
             say(f"[generator] using {path}")
             return path
-        if self.world.is_main:  # training is not sharded yet: rank 0 trains, the others wait for the result
-            t0 = time.time()
-            self._train_generator(path)
+        t0 = time.time()
+        self._train_generator(path)  # under torchrun: data parallel over the ranks, rank 0 writes
+        if self.world.is_main:
             pointer["path"] = str(path.resolve())
             write_json(self.root / "generator.json", pointer)
-            self._record("generator", key, time.time() - t0, path=str(path))
+            self._record("generator", key, time.time() - t0, path=str(path), processes=self.world.size)
         self.world.barrier()
         return path
 
@@ -247,11 +247,12 @@ class Run:
                     "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": g.seed, "scaling_factor": scale,
                     "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
                     "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
-        out = path.with_name(path.name + ".out")
-        shutil.rmtree(out, ignore_errors=True)
-        save_generator(gen, out)
-        replace_dir(out, path)
-        shutil.rmtree(partial, ignore_errors=True)
+        if self.world.is_main:
+            out = path.with_name(path.name + ".out")
+            shutil.rmtree(out, ignore_errors=True)
+            save_generator(gen, out)
+            replace_dir(out, path)
+            shutil.rmtree(partial, ignore_errors=True)
         say(f"[generator] VAE {t_vae:.0f}s (final MSE {vae_losses[-1] if vae_losses else float('nan'):.4f}), "
             f"DiT {t_dit:.0f}s (final loss {dit_losses[-1] if dit_losses else float('nan'):.4f})")
 

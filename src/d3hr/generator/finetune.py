@@ -22,6 +22,7 @@ from d3hr.data import load_dataset
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
+from d3hr.utils.dist import get_world, rank_device
 from d3hr.utils.io import replace_dir
 from d3hr.utils.progress import say
 
@@ -61,7 +62,8 @@ def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
     out = Path(out)
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    world = get_world(cfg.device)  # torchrun: data parallel over the ranks (d3hr.generator.train), rank 0 writes
+    device = torch.device(rank_device(cfg.device, world))
     gen = load_generator(g.path, device)
     ds = load_dataset(cfg.data, "train")
     size = cfg.data.image_size or gen.image_size
@@ -90,7 +92,9 @@ def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
                 "classes": ds.classes, "label_table": table, "class_map": g.class_map, "seed": g.seed,
                 "dit": g.dit.__dict__, "vae_epochs": vae_epochs, "vae_mse_per_epoch": vae_losses,
                 "dit_loss_per_epoch": dit_losses, "seconds": round(time.time() - t0, 1)}
-    _save(gen, partial, out)
+    if world.is_main:
+        _save(gen, partial, out)
+    world.barrier()
     say(f"[finetune] wrote {out} (DiT loss per epoch: {', '.join(f'{x:.4f}' for x in dit_losses)})")
     return out
 

@@ -1,4 +1,9 @@
-"""Train the small generator here: the VAE, then the DiT on its latents (with label dropout and EMA)."""
+"""Train the small generator here: the VAE, then the DiT on its latents (with label dropout and EMA).
+
+Under torchrun every rank draws the same batch, noise, timesteps and label dropout (seeded generators), computes the
+loss on its contiguous share of the batch, and the gradients are averaged over ranks before each step (data
+parallel on torch.distributed), so the ranks hold the same weights; rank 0 writes the checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from d3hr.data.images import ImageSet, fit_to_model, match_channels
 from d3hr.diffusion.ddim import forward_noise
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
+from d3hr.utils.dist import World, get_world
 from d3hr.utils.progress import progress
 from d3hr.utils.seeding import generator_for
 
@@ -30,6 +36,33 @@ def _autocast(device: torch.device, precision: str):
 def _batches(n: int, batch_size: int, seed: int, *keys: object) -> list[np.ndarray]:
     perm = torch.randperm(n, generator=generator_for(seed, *keys)).numpy()
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _my_rows(n: int, world: World) -> torch.Tensor:
+    """This rank's contiguous share of a batch of n rows (all of them in a world of one)."""
+    return torch.arange(n).tensor_split(world.size)[world.rank]
+
+
+def _average_grads(module: torch.nn.Module, world: World) -> None:
+    """Average the gradients over ranks (one flat all-reduce)."""
+    if not world.distributed:
+        return
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world.size
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def _sum_over_ranks(value: float, world: World) -> float:
+    if not world.distributed:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
 
 
 def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module],
@@ -47,7 +80,7 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
 
     Returns the mean training MSE of every epoch (those before a resume included) and the seconds spent.
     """
-    vae, device = gen.vae, gen.device
+    vae, device, world = gen.vae, gen.device, get_world()
     vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     start, losses, spent = _resume(ckpt, {"vae": vae}, opt)
@@ -57,25 +90,29 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
     for epoch in range(start, cfg.epochs):
         noise = generator_for(seed, "vae-noise", epoch)
         total, count = 0.0, 0
-        for idx in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
-            x = match_channels(fit_to_model(images.load(idx), image_size, fit), vae.config.in_channels)
+        for batch in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
+            rows = _my_rows(len(batch), world)
+            x = match_channels(fit_to_model(images.load(batch[rows.numpy()]), image_size, fit),
+                               vae.config.in_channels)
             x = x.to(device, memory_format=torch.channels_last)
             with _autocast(device, precision):
                 dist = vae.encode(x).latent_dist
-                z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=noise).to(device)
+                eps = torch.randn((len(batch), *dist.mean.shape[1:]), generator=noise)[rows]  # the whole batch's draw
+                z = dist.mean + dist.std * eps.to(device)
                 recon = vae.decode(z).sample
             rec = F.mse_loss(recon.float(), x)
             kl = 0.5 * (dist.mean.float() ** 2 + dist.var.float() - 1.0 - dist.logvar.float()).mean()
-            loss = rec + cfg.kl_weight * kl
+            loss = (rec + cfg.kl_weight * kl) * (len(rows) * world.size / len(batch))
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _average_grads(vae, world)
             opt.step()
-            total += rec.item() * len(idx)
-            count += len(idx)
+            total += _sum_over_ranks(rec.item() * len(rows), world)
+            count += len(batch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
         losses.append(total / count)
-        if ckpt is not None:
+        if ckpt is not None and world.is_main:
             save_checkpoint(ckpt, {"vae": vae}, opt,
                             {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
     bar.close()
@@ -86,16 +123,22 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
 @torch.no_grad()
 def encode_dataset(gen: Generator, images: ImageSet, image_size: int, fit: str,
                    batch_size: int = 256) -> torch.Tensor:
-    """Unscaled posterior means of every training image, (N, c, h, w) float32."""
-    out = []
+    """Unscaled posterior means of every training image, (N, c, h, w) float32 (under torchrun each rank encodes
+    every size-th batch and all ranks receive all of them, in order)."""
+    world = get_world()
+    starts = list(range(0, len(images), batch_size))
+    mine = {}
     bar = progress(len(images), "encode", "img")
-    for i in range(0, len(images), batch_size):
+    for i in world.shard(starts):
         idx = np.arange(i, min(i + batch_size, len(images)))
         x = match_channels(fit_to_model(images.load(idx), image_size, fit), gen.vae.config.in_channels)
-        out.append(gen.vae.encode(x.to(gen.device)).latent_dist.mean.float().cpu())
-        bar.update(len(idx))
+        mine[i] = gen.vae.encode(x.to(gen.device)).latent_dist.mean.float().cpu()
+        bar.update(len(idx) * world.size)
     bar.close()
-    return torch.cat(out)
+    if world.distributed:
+        for part in world.all_gather(mine):
+            mine.update(part)
+    return torch.cat([mine[i] for i in starts])
 
 
 def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTConfig, seed: int,
@@ -106,7 +149,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     The EMA of the weights (decay ``cfg.ema_decay``) replaces the weights at the end. Returns the loss of every
     epoch (those before a resume included) and the seconds spent.
     """
-    dit, device = gen.transformer, gen.device
+    dit, device, world = gen.transformer, gen.device, get_world()
     dit.eval()  # no dropout layers; eval keeps diffusers from dropping labels itself (we drop them, seeded)
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -128,24 +171,27 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             eps = torch.randn(x0.shape, generator=g)
             drop = torch.rand(len(idx), generator=g) < cfg.label_dropout
             y[drop] = null
+            rows = _my_rows(len(idx), world)  # every rank drew the whole batch's noise; it trains on its rows
+            x0, y, t, eps = x0[rows], y[rows], t[rows], eps[rows]
             a = alphas[t].view(-1, 1, 1, 1)
             zt = forward_noise(x0, a, eps)
             with _autocast(device, precision):
                 pred = dit(zt.to(device), timestep=t.to(device), class_labels=y.to(device)).sample
             loss = F.mse_loss(pred.float()[:, : x0.shape[1]], eps.to(device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * (len(rows) * world.size / len(idx))).backward()
+            _average_grads(dit, world)
             opt.step()
             step = epoch * steps_per_epoch + count // cfg.batch_size
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up for short trainings
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-            total += loss.item() * len(idx)
+            total += _sum_over_ranks(loss.item() * len(rows), world)
             count += len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
         losses.append(total / count)
-        if ckpt is not None:
+        if ckpt is not None and world.is_main:
             save_checkpoint(ckpt, {"dit": dit, "ema": ema}, opt,
                             {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
     bar.close()
