@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,17 +193,30 @@ def _finetune(args: argparse.Namespace) -> int:
                   ("image_size", "data.image_size"), ("generator", "generator.path"),
                   ("class_map", "generator.class_map"), ("epochs", "generator.dit.epochs"), ("device", "device"))
                  if getattr(args, flag) is not None]
+    cfg = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
+    out = finetune(cfg, args.out, vae_epochs=args.vae_epochs)
+    print(f"d3hr: wrote the fine-tuned generator {out}; use it with: d3hr distill --generator {out} ...")
+    return 0
+
+
+def _stage(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    fn = api.distill if args.command == "distill" else STAGES[args.command]
+    fn(cfg)
+    print(_summary(cfg))
+    return 0
+
+
+def _resumable(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a long command: a D3HRError is a one-line error (exit 2), Ctrl-C says how to resume (exit 130)."""
     try:
-        cfg = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
-        out = finetune(cfg, args.out, vae_epochs=args.vae_epochs)
+        return body(args)
     except D3HRError as exc:
         print(f"d3hr: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("d3hr: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    print(f"d3hr: wrote the fine-tuned generator {out}; use it with: d3hr distill --generator {out} ...")
-    return 0
 
 
 def _report(run: str) -> int:
@@ -245,17 +259,4 @@ def main(argv: list[str] | None = None) -> int:
         return _report(args.run)
     if args.command == "compare":
         return _compare(args)
-    if args.command == "finetune":
-        return _finetune(args)
-    try:
-        cfg = config_from_args(args)
-        fn = api.distill if args.command == "distill" else STAGES[args.command]
-        fn(cfg)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3hr: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(_summary(cfg))
-    return 0
+    return _resumable(_finetune if args.command == "finetune" else _stage, args)

@@ -7,16 +7,8 @@ from PIL import Image
 
 from d3hr.cli import main
 from d3hr.generator import finetune as finetune_module
-from d3hr.generator import load_generator, save_generator
+from d3hr.generator import load_generator
 from d3hr.utils.io import sha256_file
-
-
-@pytest.fixture
-def pretrained(tiny_generator, tmp_path):
-    path = tmp_path / "pretrained"
-    tiny_generator.vae.register_to_config(scaling_factor=0.5)
-    save_generator(tiny_generator, path)
-    return path
 
 
 @pytest.fixture
@@ -37,10 +29,10 @@ def _args(pretrained, data, out, epochs=2):
             "--image-size", "8", "--epochs", str(epochs), "--out", str(out), "--set", "generator.dit.batch_size=8"]
 
 
-def test_finetune_new_label_table(pretrained, three_classes, tmp_path):
+def test_finetune_new_label_table(pretrained_dir, three_classes, tmp_path):
     out = tmp_path / "tuned"
-    assert main(_args(pretrained, three_classes, out)) == 0
-    base, tuned = load_generator(pretrained), load_generator(out)
+    assert main(_args(pretrained_dir, three_classes, out)) == 0
+    base, tuned = load_generator(pretrained_dir), load_generator(out)
     assert tuned.num_labels == 3 and base.num_labels == 10
     emb = [m for m in tuned.transformer.modules() if type(m).__name__ == "LabelEmbedding"]
     assert emb and all(m.embedding_table.weight.shape[0] == 4 for m in emb)
@@ -59,8 +51,8 @@ def test_finetune_new_label_table(pretrained, three_classes, tmp_path):
     assert len(list((run / "images").rglob("*.png"))) == 6
 
 
-def test_interrupted_finetune_resumes_to_the_same_weights(pretrained, three_classes, tmp_path, monkeypatch):
-    assert main(_args(pretrained, three_classes, tmp_path / "straight")) == 0
+def test_interrupted_finetune_resumes_to_the_same_weights(pretrained_dir, three_classes, tmp_path, monkeypatch):
+    assert main(_args(pretrained_dir, three_classes, tmp_path / "straight")) == 0
     real_save = finetune_module.train_dit.__globals__["save_checkpoint"]
     calls = []
 
@@ -70,7 +62,7 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pretrained, three_clas
         raise KeyboardInterrupt
 
     monkeypatch.setitem(finetune_module.train_dit.__globals__, "save_checkpoint", save_then_stop)
-    assert main(_args(pretrained, three_classes, tmp_path / "resumed")) == 130
+    assert main(_args(pretrained_dir, three_classes, tmp_path / "resumed")) == 130
     assert calls == [1] and (tmp_path / "resumed.partial" / "dit.ckpt.safetensors").is_file()
     assert not (tmp_path / "resumed").exists()
     monkeypatch.undo()
@@ -81,7 +73,7 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pretrained, three_clas
         real_save(path, modules, opt, extra)
 
     monkeypatch.setitem(finetune_module.train_dit.__globals__, "save_checkpoint", save_and_count)
-    assert main(_args(pretrained, three_classes, tmp_path / "resumed")) == 0
+    assert main(_args(pretrained_dir, three_classes, tmp_path / "resumed")) == 0
     assert saved_epochs == [2]  # epoch 1 came from the checkpoint
     weights = "transformer/diffusion_pytorch_model.safetensors"
     assert sha256_file(tmp_path / "resumed" / weights) == sha256_file(tmp_path / "straight" / weights)

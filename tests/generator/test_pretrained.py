@@ -7,15 +7,7 @@ import torch
 
 from d3hr.cli import main
 from d3hr.errors import D3HRError
-from d3hr.generator import load_generator, save_generator
-
-
-@pytest.fixture
-def pretrained_dir(tiny_generator, tmp_path):
-    path = tmp_path / "gen"
-    tiny_generator.vae.register_to_config(scaling_factor=0.5)
-    save_generator(tiny_generator, path)
-    return path
+from d3hr.generator import load_generator
 
 
 def test_save_and_load_round_trip(pretrained_dir, tiny_generator):
