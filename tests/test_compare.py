@@ -33,7 +33,10 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert calls["n"] == 4 - 2  # 4 cells; the two finished before the interruption were not retrained
     table = (out / "results.md").read_text()
-    assert "| d3hr |" in table and "| random-real |" in table and "soft IPC 1" in table
+    assert "| d3hr |" in table and "| random-real |" in table and "soft IPC 1 (2 ep)" in table
+    teacher = json.loads((out / "results.json").read_text())["cells"][0]["teacher"]
+    assert f"Full training set (upper bound): convnet trained on all {teacher['train_images']} images" in table
+    assert f"{100 * teacher['test_top1']:.1f}%" in table
     result = json.loads((out / "results.json").read_text())
     assert len(result["cells"]) == 4 and {r["n"] for r in result["summary"]} == {2}
     assert (out / "accuracy.png").stat().st_size > 1000

@@ -68,7 +68,8 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     result = {"dataset": base.data.name, "student": student, "seeds": seeds, "teacher_epochs": teacher_epochs,
               "cells": rows, "summary": table}
     write_json(out / "results.json", result)
-    write_text(out / "results.md", markdown_table(table, base.data.name, student))
+    teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
+    write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(teacher))
     plot_accuracy(table, out / "accuracy.png")
     return result
 
@@ -121,6 +122,15 @@ def markdown_table(table: list[dict[str, Any]], dataset: str, student: str) -> s
              "|" + "---|" * (len(cols) + 1)]
     lines += [f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |" for name, cells in rows.items()]
     return "\n".join(lines) + "\n"
+
+
+def full_data_line(teacher: dict[str, Any] | None) -> str:
+    """The upper bound: the soft-label teacher is the same architecture trained on the whole training set."""
+    if not teacher or teacher.get("test_top1") is None:
+        return ""
+    return (f"\nFull training set (upper bound): {teacher.get('arch', '?')} trained on all "
+            f"{teacher.get('train_images', '?')} images for {teacher.get('epochs', '?')} epochs (the soft-label "
+            f"teacher): {100 * teacher['test_top1']:.1f}%.\n")
 
 
 def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
