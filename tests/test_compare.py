@@ -61,3 +61,12 @@ def test_merge_rows_keeps_earlier_cells_and_replaces_redone_ones():
     table = {(r["method"], r["ipc"], r["epochs"]): r for r in summarise(merged)}
     assert table[("d3hr", 10, 300)]["n"] == 2 and abs(table[("d3hr", 10, 300)]["mean"] - 65.0) < 1e-9
     assert table[("d3hr", 50, 100)]["n"] == 1
+
+
+def test_parse_sweep_accepts_comma_lists_and_yaml_lists():
+    from d3hr.compare import parse_sweep
+
+    assert parse_sweep("diffusion.inversion_steps=10,20,31,40") == ("diffusion.inversion_steps", [10, 20, 31, 40])
+    assert parse_sweep("select.pools=1") == ("select.pools", [1])
+    assert parse_sweep("diffusion.guidance_scale=[1.0, 1.5]") == ("diffusion.guidance_scale", [1.0, 1.5])
+    assert parse_sweep("select.pools=null,1") == ("select.pools", [None, 1])

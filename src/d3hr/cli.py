@@ -159,17 +159,14 @@ def _verify(run: str) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from d3hr.compare import compare
+    from d3hr.compare import compare, parse_sweep
 
     overrides = [nest(key, getattr(args, flag)) for flag, key in
                  (("dataset", "data.name"), ("root", "data.root"), ("limit", "data.limit"),
                   ("generator", "generator.path"), ("device", "device")) if getattr(args, flag) is not None]
     try:
         base = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
-        sweep = None
-        if args.sweep:
-            key, values = parse_override(args.sweep)
-            sweep = (key, values if isinstance(values, list) else [values])
+        sweep = parse_sweep(args.sweep) if args.sweep else None
         ipcs = [int(v) for v in args.ipc.split(",") if v.strip()]
         result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], ipcs, args.seeds,
                          args.out, labels=[v.strip() for v in args.labels.split(",")], student=args.student,

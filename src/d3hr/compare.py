@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from d3hr.config import Config, load_config, nest
+from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.utils.io import atomic_path, read_json, write_json, write_text
 from d3hr.utils.progress import say
 
@@ -95,6 +95,16 @@ def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dic
     epochs)."""
     fresh = {_cell_key(r) for r in new}
     return [r for r in old if _cell_key(r) not in fresh] + list(new)
+
+
+def parse_sweep(text: str) -> tuple[str, list[Any]]:
+    """'key=v1,v2,...' (or a YAML list 'key=[v1, v2]') -> (key, [v1, v2, ...]), each value parsed as YAML."""
+    key, value = parse_override(text)
+    if isinstance(value, list):
+        return key, value
+    if isinstance(value, str) and "," in value:
+        return key, [parse_override(f"{key}={v}")[1] for v in value.split(",") if v.strip()]
+    return key, [value]
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
