@@ -120,14 +120,20 @@ class Run:
     @contextmanager
     def locked(self) -> Iterator[None]:
         """Hold RUN/.lock for the duration: a second process writing the same run refuses to start. Under torchrun
-        rank 0 holds it for all ranks."""
-        if not self.world.is_main:
-            self.world.barrier()  # rank 0 has taken the lock and written config.yaml
+        rank 0 holds it (and writes config.yaml) for all ranks."""
+        fd = self._lock() if self.world.is_main else None
+        try:
+            self.world.barrier()  # rank 0 has the lock and has written config.yaml
             try:
                 yield
             finally:
-                self.world.barrier()
-            return
+                self.world.barrier()  # every rank has finished with the run folder
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def _lock(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -137,14 +143,11 @@ class Run:
             raise D3HRError(f"run folder {self.root} is in use by another d3hr process") from None
         try:
             write_text(self.root / "config.yaml", self.cfg.to_yaml())
-            self.world.barrier()
-            try:
-                yield
-            finally:
-                self.world.barrier()  # the other ranks have finished with the run folder
-        finally:
+        except BaseException:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+            raise
+        return fd
 
     # ----- shared inputs -----------------------------------------------------------------------------------
     @property

@@ -99,7 +99,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
         y_b = y[mix_perm.to(device)] if mix_perm is not None else None
         share = 1.0
         if world.distributed:  # this rank's rows of the batch; DDP averages the gradients over ranks
-            rows = torch.arange(len(x)).tensor_split(world.size)[world.rank].to(device)
+            rows = world.rows(len(x)).to(device)
             share = len(rows) * world.size / len(x)
             x, y = x[rows], y[rows]
             y_b = y_b[rows] if y_b is not None else None
@@ -119,11 +119,7 @@ def train_one_epoch(model: nn.Module, images: torch.Tensor, targets: torch.Tenso
         opt.step()
         sched.step()
         total += loss.item() * len(x)  # this rank's rows
-    if world.distributed:
-        both = torch.tensor([total], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(both)
-        total = float(both.item())
-    return total / n
+    return world.sum(total) / n
 
 
 @torch.no_grad()
@@ -133,22 +129,14 @@ def validate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, prec
     world = get_world()
     model.eval()
     correct = 0
-    lo, hi = _rank_span(len(images), world.rank, world.size)  # this rank's share of the test set
+    mine = world.rows(len(images))  # this rank's share of the test set
+    lo, hi = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
     for i in range(lo, hi, EVAL_BATCH):
         x = to_input(images[i : min(i + EVAL_BATCH, hi)].to(device))
         with autocast(device, precision):
             pred = model(x).argmax(1)
         correct += int((pred.cpu() == targets[i : min(i + EVAL_BATCH, hi)]).sum())
-    if world.distributed:
-        total = torch.tensor([correct], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(total)
-        correct = int(total.item())
-    return correct / len(images)
-
-
-def _rank_span(n: int, rank: int, size: int) -> tuple[int, int]:
-    """Contiguous [lo, hi) share of n items for ``rank`` of ``size``."""
-    return n * rank // size, n * (rank + 1) // size
+    return int(world.sum(correct)) / len(images)
 
 
 def train_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, setup: TrainSetup, aug: Augment,

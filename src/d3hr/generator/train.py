@@ -38,11 +38,6 @@ def _batches(n: int, batch_size: int, seed: int, *keys: object) -> list[np.ndarr
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _my_rows(n: int, world: World) -> torch.Tensor:
-    """This rank's contiguous share of a batch of n rows (all of them in a world of one)."""
-    return torch.arange(n).tensor_split(world.size)[world.rank]
-
-
 def _average_grads(module: torch.nn.Module, world: World) -> None:
     """Average the gradients over ranks (one flat all-reduce)."""
     if not world.distributed:
@@ -55,14 +50,6 @@ def _average_grads(module: torch.nn.Module, world: World) -> None:
     for g in grads:
         g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
-
-
-def _sum_over_ranks(value: float, world: World) -> float:
-    if not world.distributed:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(t)
-    return float(t.item())
 
 
 def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module],
@@ -91,7 +78,7 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
         noise = generator_for(seed, "vae-noise", epoch)
         total, count = 0.0, 0
         for batch in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
-            rows = _my_rows(len(batch), world)
+            rows = world.rows(len(batch))
             x = match_channels(fit_to_model(images.load(batch[rows.numpy()]), image_size, fit),
                                vae.config.in_channels)
             x = x.to(device, memory_format=torch.channels_last)
@@ -107,7 +94,7 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
             loss.backward()
             _average_grads(vae, world)
             opt.step()
-            total += _sum_over_ranks(rec.item() * len(rows), world)
+            total += world.sum(rec.item() * len(rows))
             count += len(batch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
@@ -171,7 +158,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             eps = torch.randn(x0.shape, generator=g)
             drop = torch.rand(len(idx), generator=g) < cfg.label_dropout
             y[drop] = null
-            rows = _my_rows(len(idx), world)  # every rank drew the whole batch's noise; it trains on its rows
+            rows = world.rows(len(idx))  # every rank drew the whole batch's noise; it trains on its rows
             x0, y, t, eps = x0[rows], y[rows], t[rows], eps[rows]
             a = alphas[t].view(-1, 1, 1, 1)
             zt = forward_noise(x0, a, eps)
@@ -186,7 +173,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up for short trainings
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - decay)
-            total += _sum_over_ranks(loss.item() * len(rows), world)
+            total += world.sum(loss.item() * len(rows))
             count += len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")

@@ -39,6 +39,19 @@ class World:
         """This rank's units: every size-th one starting at rank (whole units only)."""
         return list(units[self.rank :: self.size])
 
+    def rows(self, n: int) -> torch.Tensor:
+        """This rank's contiguous share of n rows (a batch, a test set): all of them in a world of one."""
+        return torch.arange(n).tensor_split(self.size)[self.rank]
+
+    def sum(self, value: float) -> float:
+        """``value`` summed over the ranks (itself in a world of one)."""
+        if not self.distributed:
+            return value
+        device = "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"  # nccl reduces device tensors
+        t = torch.tensor([value], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(t)
+        return float(t.item())
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
