@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -84,3 +86,27 @@ def test_draws_do_not_depend_on_how_they_are_split():
     whole = draw_candidates(5, 3, 0, 3 * DRAW_BLOCK, 4, 6)
     parts = torch.cat([draw_candidates(5, 3, s, DRAW_BLOCK, 4, 6) for s in range(0, 3 * DRAW_BLOCK, DRAW_BLOCK)])
     assert torch.equal(whole, parts)
+
+
+@pytest.mark.parametrize(("ipc", "dim"), [(3, 1000), (10, 33), (2, 4096)])
+def test_z_stats_same_bits_at_any_slice_or_split(monkeypatch, ipc, dim):
+    """Cache-sized slices and caller-side splits (draw blocks, chunks, processes) must not change a single bit."""
+    group = importlib.import_module("d3hr.distill.group")  # the module (d3hr.distill is also the api function)
+    z = draw_candidates(1, 0, 0, 300, ipc, dim)
+    monkeypatch.setattr(group, "SLICE_ELEMENTS", 1 << 40)  # one slice: every op sees the whole (300, ipc, D)
+    whole = group_z_stats(z)
+    monkeypatch.setattr(group, "SLICE_ELEMENTS", 5 * ipc * dim)  # slices of 5 candidates
+    sliced = group_z_stats(z)
+    parts = [group_z_stats(z[i : i + 37]) for i in range(0, 300, 37)]  # ragged splits
+    for j in range(3):
+        assert torch.equal(sliced[j], whole[j])
+        assert torch.equal(torch.cat([p[j] for p in parts]), whole[j])
+
+
+def test_z_stats_write_into_given_buffers():
+    z = draw_candidates(4, 0, 0, DRAW_BLOCK, 10, 40)
+    out = tuple(torch.full((DRAW_BLOCK, 40), float("nan")) for _ in range(3))
+    got = group_z_stats(z, out=out)
+    assert all(g is o for g, o in zip(got, out))
+    ref = group_z_stats(z)
+    assert all(torch.equal(g, r) for g, r in zip(got, ref))
