@@ -71,8 +71,8 @@ class Generator:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = match_channels(x, self.vae.config.in_channels)  # grayscale data into an RGB VAE: channels repeated
         """Images (B, C, H, W) in [-1, 1] -> scaled latents z0 (B, c, h, w): posterior mean, or a seeded sample."""
+        x = match_channels(x, self.vae.config.in_channels)  # grayscale data into an RGB VAE: channels repeated
         dist = self.vae.encode(x.to(self.device)).latent_dist
         z = dist.sample(generator=generator) if sample else dist.mean
         return z.float() * self.scaling_factor
