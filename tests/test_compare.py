@@ -70,3 +70,20 @@ def test_parse_sweep_accepts_comma_lists_and_yaml_lists():
     assert parse_sweep("select.pools=1") == ("select.pools", [1])
     assert parse_sweep("diffusion.guidance_scale=[1.0, 1.5]") == ("diffusion.guidance_scale", [1.0, 1.5])
     assert parse_sweep("select.pools=null,1") == ("select.pools", [None, 1])
+
+
+def test_accuracy_plot_has_one_panel_per_label_mode(tmp_path):
+    from PIL import Image
+
+    from d3hr.compare import plot_accuracy
+
+    def row(method, labels, ipc, mean, sweep=None):
+        return {"method": method, "ipc": ipc, "labels": labels, "sweep": sweep, "epochs": 2, "n": 3, "mean": mean,
+                "std": 1.0}
+
+    soft = [row("d3hr", "soft", i, 60 + i) for i in (1, 10, 50)] + [row("d3hr", "soft", 10, 70, ["select.pools", 1])]
+    hard = [row("d3hr", "hard", i, 50 + i) for i in (1, 10, 50)]
+    plot_accuracy(soft, tmp_path / "one.png")
+    plot_accuracy(soft + hard, tmp_path / "two.png")
+    one, two = Image.open(tmp_path / "one.png").size, Image.open(tmp_path / "two.png").size
+    assert two[0] > one[0] + 300 and abs(two[1] - one[1]) < 40  # a second panel beside the first, same height

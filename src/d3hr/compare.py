@@ -144,27 +144,41 @@ def full_data_line(teacher: dict[str, Any] | None) -> str:
 
 
 def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy vs IPC, one line per method (and label mode, sweep value), error bars = std over seeds."""
+    """Accuracy vs IPC: one panel per label mode (soft first), one line per method and sweep value with the same
+    colour in every panel, error bars = std over seeds; sweep rows dashed with open markers."""
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    lines: dict[str, list[dict[str, Any]]] = {}
+    modes = sorted({r["labels"] for r in table}, key=lambda m: (m != "soft", m))
+    series: dict[str, dict[str, list[dict[str, Any]]]] = {}  # name -> labels -> points
     for r in table:
-        name = f"{r['method']} ({r['labels']})" + (f" {r['sweep'][0].split('.')[-1]}={r['sweep'][1]}"
-                                                   if r["sweep"] else "")
-        lines.setdefault(name, []).append(r)
-    for name, pts in lines.items():
-        pts = sorted(pts, key=lambda r: r["ipc"])
-        ax.errorbar([p["ipc"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] for p in pts], marker="o",
-                    capsize=3, label=name)
-    ax.set_xscale("log")
-    ax.set_xlabel("images per class")
-    ax.set_ylabel("top-1 (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+        name = r["method"] + (f" {r['sweep'][0].split('.')[-1]}={r['sweep'][1]}" if r["sweep"] else "")
+        series.setdefault(name, {}).setdefault(r["labels"], []).append(r)
+    palette = colormaps["tab10" if len(series) <= 10 else "tab20"]
+    ipcs = sorted({r["ipc"] for r in table})
+    fig = Figure(figsize=(4.2 * len(modes) + 2.2, 4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(modes), sharey=True, squeeze=False)[0]
+    for ax, mode in zip(axes, modes):
+        for k, (name, by_mode) in enumerate(series.items()):
+            pts = sorted(by_mode.get(mode, []), key=lambda r: r["ipc"])
+            if not pts:
+                continue
+            sweep = pts[0]["sweep"] is not None
+            ax.errorbar([p["ipc"] for p in pts], [p["mean"] for p in pts], yerr=[p["std"] for p in pts],
+                        marker="o", capsize=3, color=palette(k), label=name, linestyle="--" if sweep else "-",
+                        markerfacecolor="none" if sweep else palette(k))
+        ax.set_xscale("log")
+        ax.set_xticks(ipcs, [str(i) for i in ipcs])
+        ax.minorticks_off()
+        ax.set_title(f"{mode} labels")
+        ax.set_xlabel("images per class")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%)")
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(list(handles.values()), list(handles), fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
     with atomic_path(path, ".png") as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
 
