@@ -24,7 +24,6 @@ real runs) and writes OUT/ceiling.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -86,7 +85,8 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
     tmp = dest / "images.partial"
     for c, folder in enumerate(folders):
         _save_class_pngs(tmp / folder, new[targets == c])
-    write_json(dest / "manifest.json", {"method": f"{variant}: {real.name} through the generator", "ipc": manifest.get("ipc"),
+    write_json(dest / "manifest.json", {"method": f"{variant}: {real.name} through the generator",
+                                        "ipc": manifest.get("ipc"),
                                         "classes": {str(i): n for i, n in enumerate(test.classes)},
                                         "class_folders": folders, "source": str(real),
                                         "generator_run": str(run.root)})
