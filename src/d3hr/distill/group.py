@@ -64,7 +64,7 @@ def group_z_stats(z: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor] | Non
         return zbar, zstd1, zskew
     rows = min(m, slice_rows(ipc, dim, z.device))
     if work is None or work[0].numel() < rows * ipc * dim:
-        work = (z.new_empty(rows * ipc * dim), z.new_empty(rows * ipc * dim))
+        work = stats_work(ipc, dim, z.device, rows)
     tiny = torch.finfo(z.dtype).tiny
     for i in range(0, m, rows):
         zs = z[i : i + rows]  # (n, ipc, D), n <= rows
@@ -88,9 +88,11 @@ def slice_rows(ipc: int, dim: int, device: torch.device | str = "cpu") -> int:
     return max(1, SLICE_ELEMENTS // (ipc * dim))
 
 
-def stats_work(ipc: int, dim: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The two flat scratch buffers ``group_z_stats`` needs for one slice."""
-    n = slice_rows(ipc, dim, device) * ipc * dim
+def stats_work(ipc: int, dim: int, device: torch.device | str = "cpu",
+               rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two flat scratch buffers ``group_z_stats`` needs for one slice (of ``rows`` candidates; default
+    ``slice_rows``)."""
+    n = (slice_rows(ipc, dim, device) if rows is None else rows) * ipc * dim
     return torch.empty(n, device=device), torch.empty(n, device=device)
 
 

@@ -129,8 +129,7 @@ def validate(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, prec
     world = get_world()
     model.eval()
     correct = 0
-    mine = world.rows(len(images))  # this rank's share of the test set
-    lo, hi = (int(mine[0]), int(mine[-1]) + 1) if len(mine) else (0, 0)
+    lo, hi = world.span(len(images))  # this rank's share of the test set
     for i in range(lo, hi, EVAL_BATCH):
         x = to_input(images[i : min(i + EVAL_BATCH, hi)].to(device))
         with autocast(device, precision):

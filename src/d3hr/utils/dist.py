@@ -39,9 +39,16 @@ class World:
         """This rank's units: every size-th one starting at rank (whole units only)."""
         return list(units[self.rank :: self.size])
 
+    def span(self, n: int) -> tuple[int, int]:
+        """This rank's contiguous share [lo, hi) of n rows (a batch, a test set), split as ``tensor_split`` does:
+        the first n mod size ranks get one row more; all of them in a world of one."""
+        base, extra = divmod(n, self.size)
+        lo = self.rank * base + min(self.rank, extra)
+        return lo, lo + base + (self.rank < extra)
+
     def rows(self, n: int) -> torch.Tensor:
-        """This rank's contiguous share of n rows (a batch, a test set): all of them in a world of one."""
-        return torch.arange(n).tensor_split(self.size)[self.rank]
+        """The indices of this rank's ``span`` of n rows."""
+        return torch.arange(*self.span(n))
 
     def sum(self, value: float) -> float:
         """``value`` summed over the ranks (itself in a world of one)."""
