@@ -8,6 +8,7 @@ import pytest
 import torch
 
 os.environ.setdefault("D3HR_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: a hub id fails at once instead of retrying
 torch.set_num_threads(2)
 
 # Small enough for the CPU suite; the DiT still sees 16 tokens of a 4x4x4 latent.

@@ -15,9 +15,11 @@ def test_defaults_are_the_papers():
 
 def test_guidance_resolves_per_generator(tmp_path):
     from d3hr.distill.pipeline import Run
+    from d3hr.generator import build_small, save_generator
 
     assert Run(load_config(None, [nest("out", str(tmp_path))])).cfg.diffusion.guidance_scale == 1.0
-    pre = load_config(None, [nest("out", str(tmp_path)), nest("generator.path", "facebook/DiT-XL-2-256")])
+    save_generator(build_small(10, 1, 8, [8, 16], 4, 1, 1, 2, 8, 1), tmp_path / "pretrained")
+    pre = load_config(None, [nest("out", str(tmp_path)), nest("generator.path", str(tmp_path / "pretrained"))])
     assert Run(pre).cfg.diffusion.guidance_scale == 4.0
     explicit = load_config(None, [nest("out", str(tmp_path)), nest("diffusion.guidance_scale", 2.5)])
     assert Run(explicit).cfg.diffusion.guidance_scale == 2.5

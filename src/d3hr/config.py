@@ -14,30 +14,44 @@ import yaml
 
 from d3hr.errors import D3HRError
 
+FINGERPRINTS = ("sample", "full", "trust")  # levels of a dataset's identity (d3hr.data.identity)
 # Distillation methods (DESIGN.md section 4); 'full' (the whole training set) is scored without distilling.
 METHODS = ("d3hr", "base-rs", "random-real", "herding", "kmeans-latent", "base-ddpm")
 
 
 @dataclass
 class DataConfig:
-    """Which dataset, where it lives, and how images are fitted to the generator."""
+    """Which dataset, where it lives, and its shape. Shapes left as None / 'auto' are inferred from the images and the
+    generator (d3hr.data.shape) and written out resolved in RUN/config.yaml."""
 
     name: str = "digits"
     root: str | None = None
     download: bool = False
     limit: int | None = None  # use only the first `limit` training images (in dataset order)
-    image_size: int | None = None  # generator input size; None: the dataset's default
-    fit: str = "auto"  # pad | resize | auto (pad for the MNIST family, resize otherwise)
+    resolution: int | None = None  # side images are read (shorter side, center crop), saved and evaluated at
+    channels: int | None = None  # 1 or 3; None: 1 when every surveyed image is grayscale
+    image_size: int | None = None  # generator input side; None: the pretrained generator's, or the data's rounded up
+    fit: str = "auto"  # pad | resize (resolution -> image_size) | auto (pad square images slightly smaller)
+    fingerprint: str = "sample"  # what caches key on: sample | full | trust (d3hr.data.identity)
+
+
+# Training budgets of the generator trained here, in optimizer steps, the same for every dataset. On a 4,000-image
+# 28x28 folder (bench/generator_budget.py, README "Your own images") the VAE's held-out PSNR is 21.4 dB after 240
+# steps, 23.1 after 480 and 23.5 after 720: 500 steps is past the knee; the DiT gets what keeps the whole distill of
+# that folder within 15 minutes on 2 CPU cores.
+DEFAULT_VAE_STEPS = 500
+DEFAULT_DIT_STEPS = 1200
 
 
 @dataclass
 class VAEConfig:
     """Small AutoencoderKL trained here (ignored for a pretrained generator)."""
 
-    block_out_channels: list[int] | None = None  # None: the dataset preset; one downsample per extra block
+    block_out_channels: list[int] | None = None  # None: sized from data.image_size; one downsample per extra block
     latent_channels: int = 4
     layers_per_block: int = 1
-    epochs: int | None = None
+    steps: int | None = None  # optimizer steps; None: DEFAULT_VAE_STEPS unless epochs is given
+    epochs: int | None = None  # alternative to steps: passes over the training images
     batch_size: int = 64
     lr: float = 1e-3
     kl_weight: float = 1e-4
@@ -47,11 +61,12 @@ class VAEConfig:
 class DiTConfig:
     """Small class-conditional DiTTransformer2DModel trained here (ignored for a pretrained generator)."""
 
-    num_layers: int | None = None
+    num_layers: int | None = None  # None: sized from data.image_size (so are the head dim and patch size)
     num_attention_heads: int = 4
     attention_head_dim: int | None = None
     patch_size: int | None = None
-    epochs: int | None = None
+    steps: int | None = None  # optimizer steps; None: DEFAULT_DIT_STEPS unless epochs is given
+    epochs: int | None = None  # alternative to steps: passes over the training latents
     batch_size: int = 128
     lr: float = 3e-4
     ema_decay: float = 0.999
@@ -184,6 +199,11 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     raise D3HRError(f"config '{name}' has an unsupported type")
 
 
+# Budgets given either way: setting one (not None) clears the other, so a run's resolved steps do not clash with
+# epochs given later; both in one mapping is an error.
+EXCLUSIVE = {"steps": "epochs", "epochs": "steps"}
+
+
 def _apply(obj: Any, data: dict[str, Any], where: str = "") -> None:
     if not isinstance(data, dict):
         raise D3HRError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
@@ -194,8 +214,13 @@ def _apply(obj: Any, data: dict[str, Any], where: str = "") -> None:
         current = getattr(obj, key)
         if is_dataclass(current):
             _apply(current, value, f"{where}{key}.")
-        else:
-            setattr(obj, key, _coerce(value, types_[key], f"{where}{key}"))
+            continue
+        setattr(obj, key, _coerce(value, types_[key], f"{where}{key}"))
+        other = EXCLUSIVE.get(key) if isinstance(obj, VAEConfig | DiTConfig) else None
+        if other is not None and getattr(obj, key) is not None:
+            if data.get(other) is not None:
+                raise D3HRError(f"set {where}{key} or {where}{other}, not both")
+            setattr(obj, other, None)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -277,6 +302,18 @@ def validate(cfg: Config) -> None:
          f"generator.precision must be fp32 or bf16, got {cfg.generator.precision!r}"),
         (cfg.data.fit in ("auto", "pad", "resize"), f"data.fit must be auto, pad or resize, got {cfg.data.fit!r}"),
         (cfg.data.limit is None or cfg.data.limit >= 1, f"data.limit must be >= 1, got {cfg.data.limit}"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 1,
+         f"data.image_size must be >= 1, got {cfg.data.image_size}"),
+        (cfg.data.resolution is None or cfg.data.resolution >= 1,
+         f"data.resolution must be >= 1, got {cfg.data.resolution}"),
+        (cfg.data.channels in (None, 1, 3), f"data.channels must be 1 or 3, got {cfg.data.channels}"),
+        (cfg.data.fingerprint in FINGERPRINTS,
+         f"data.fingerprint must be one of {', '.join(FINGERPRINTS)}, got {cfg.data.fingerprint!r}"),
+        (cfg.generate.save_size is None or cfg.generate.save_size >= 1,
+         f"generate.save_size must be >= 1, got {cfg.generate.save_size}"),
+        *[(getattr(part, b) is None or getattr(part, b) >= 1,
+           f"generator.{name}.{b} must be >= 1, got {getattr(part, b)}")
+          for name, part in (("vae", cfg.generator.vae), ("dit", cfg.generator.dit)) for b in ("steps", "epochs")],
         (cfg.generate.batch_size >= 1, f"generate.batch_size must be >= 1, got {cfg.generate.batch_size}"),
     ]
     for ok, msg in checks:

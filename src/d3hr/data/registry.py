@@ -1,4 +1,4 @@
-"""Dataset registry: name -> loader of an ImageSet per split, plus per-dataset generator presets."""
+"""Dataset registry: name -> loader of an ImageSet per split. Shapes come from the images (d3hr.data.shape)."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import gzip
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from d3hr.config import Config, DataConfig
+from d3hr.config import DataConfig
 from d3hr.data.images import ImageSet
+from d3hr.data.shape import infer_shape
 from d3hr.errors import D3HRError
 
 Loader = Callable[[DataConfig, str], ImageSet]
@@ -23,19 +23,6 @@ FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Ankle boot"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
-# Generator presets by dataset: image size, fit and small-model sizes (written out resolved in config.yaml).
-_SMALL_32 = {"image_size": 32, "fit": "resize", "vae_channels": [32, 64, 64], "vae_epochs": 1,
-             "patch_size": 2, "dit_layers": 6, "dit_head_dim": 64, "dit_epochs": 5}
-PRESETS: dict[str, dict[str, Any]] = {
-    "digits": {"image_size": 8, "fit": "pad", "vae_channels": [32, 64], "vae_epochs": 40,
-               "patch_size": 1, "dit_layers": 4, "dit_head_dim": 32, "dit_epochs": 150},
-    "fashion-mnist": {**_SMALL_32, "fit": "pad"},
-    "mnist": {**_SMALL_32, "fit": "pad"},
-    "cifar10": _SMALL_32,
-    "cifar100": _SMALL_32,
-    "imagefolder": {**_SMALL_32, "image_size": 64, "vae_channels": [32, 64, 64, 64]},
-}
-
 
 def register(name: str) -> Callable[[Loader], Loader]:
     def deco(fn: Loader) -> Loader:
@@ -45,30 +32,9 @@ def register(name: str) -> Callable[[Loader], Loader]:
     return deco
 
 
-def dataset_preset(name: str) -> dict[str, Any]:
-    """Generator-side defaults for a registered dataset."""
-    if name not in PRESETS:
-        raise D3HRError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
-    return PRESETS[name]
-
-
-def resolve_presets(cfg: Config) -> Config:
-    """Fill every preset-driven field left as None (or 'auto') from the dataset's preset, in place."""
-    p = dataset_preset(cfg.data.name)
-    d, vae, dit = cfg.data, cfg.generator.vae, cfg.generator.dit
-    d.image_size = d.image_size or p["image_size"]
-    d.fit = p["fit"] if d.fit == "auto" else d.fit
-    vae.block_out_channels = vae.block_out_channels or list(p["vae_channels"])
-    vae.epochs = p["vae_epochs"] if vae.epochs is None else vae.epochs
-    dit.patch_size = dit.patch_size or p["patch_size"]
-    dit.num_layers = dit.num_layers or p["dit_layers"]
-    dit.attention_head_dim = dit.attention_head_dim or p["dit_head_dim"]
-    dit.epochs = p["dit_epochs"] if dit.epochs is None else dit.epochs
-    return cfg
-
-
-def load_dataset(cfg: DataConfig, split: str = "train") -> ImageSet:
-    """Load ``split`` ('train' or 'test') of the dataset named in ``cfg``; ``cfg.limit`` caps the train split."""
+def load_raw(cfg: DataConfig, split: str = "train") -> ImageSet:
+    """``split`` of the dataset as its loader finds it: in-memory pixels at their own shape, or a list of files whose
+    shape (``resolution``, ``channels``) is still 0 unless ``cfg`` gives it. ``cfg.limit`` caps the train split."""
     if cfg.name not in DATASETS:
         raise D3HRError(f"unknown dataset '{cfg.name}'; choose from {', '.join(DATASETS)}")
     ds = DATASETS[cfg.name](cfg, split)
@@ -81,6 +47,18 @@ def load_dataset(cfg: DataConfig, split: str = "train") -> ImageSet:
     if len(ds) == 0:
         raise D3HRError(f"dataset '{cfg.name}' ({split}) has no images")
     return ds
+
+
+def load_dataset(cfg: DataConfig, split: str = "train") -> ImageSet:
+    """Load ``split`` ('train' or 'test') at the shape ``cfg`` gives (``resolution``, ``channels``); a shape left None
+    is inferred from the training images as for a generator trained here (see d3hr.data.shape)."""
+    ds = load_raw(cfg, split)
+    resolution, channels = cfg.resolution, cfg.channels
+    if resolution is None or channels is None:
+        train = ds if split == "train" else load_raw(cfg, "train")
+        shape = infer_shape(train.survey(), resolution, channels, cfg.image_size)
+        resolution, channels = shape.resolution, shape.channels
+    return ds.reshaped(resolution, channels)
 
 
 @register("digits")
@@ -189,5 +167,50 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
             raise D3HRError(f"class folder {class_dir} has no images")
         files += found
         targets += [c] * len(found)
-    size = cfg.image_size or PRESETS["imagefolder"]["image_size"]
-    return ImageSet("imagefolder", classes, np.asarray(targets, dtype=np.int64), 3, size, files=files)
+    return ImageSet("imagefolder", classes, np.asarray(targets, dtype=np.int64), 0, 0, files=files)
+
+
+def _listed(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+@register("tiny-imagenet")
+def _tiny_imagenet(cfg: DataConfig, split: str) -> ImageSet:
+    """Tiny-ImageNet's own layout: ``train/<wnid>/images/*.JPEG``; the test split is ``val/images/*`` labelled by
+    ``val/val_annotations.txt`` (file, wnid, box). Classes are the sorted wnids (so ``--class-map imagenet``
+    applies)."""
+    if not cfg.root:
+        raise D3HRError("dataset 'tiny-imagenet' needs --root (the folder with train/ and val/)")
+    root = Path(cfg.root)
+    train = root / "train"
+    if not train.is_dir():
+        raise D3HRError(f"tiny-imagenet root {root} has no train/ folder")
+    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
+    if not classes:
+        raise D3HRError(f"{train} has no class folders")
+    index = {wnid: c for c, wnid in enumerate(classes)}
+    files: list[Path] = []
+    targets: list[int] = []
+    if split == "train":
+        for c, wnid in enumerate(classes):
+            found = _listed(train / wnid / "images")
+            if not found:
+                raise D3HRError(f"class folder {train / wnid / 'images'} has no images")
+            files += found
+            targets += [c] * len(found)
+    else:
+        notes = root / "val" / "val_annotations.txt"
+        if not notes.is_file():
+            raise D3HRError(f"tiny-imagenet root {root} has no val/val_annotations.txt")
+        for n, line in enumerate(notes.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            parts = line.split("\t")
+            if len(parts) < 2 or parts[1] not in index:
+                raise D3HRError(f"{notes}:{n}: expected 'file<TAB>wnid...' with a wnid of train/, got {line[:60]!r}")
+            path = root / "val" / "images" / parts[0]
+            if not path.is_file():
+                raise D3HRError(f"{notes}:{n}: image {path} does not exist")
+            files.append(path)
+            targets.append(index[parts[1]])
+    return ImageSet("tiny-imagenet", classes, np.asarray(targets, dtype=np.int64), 0, 0, files=files)

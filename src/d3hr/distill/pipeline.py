@@ -28,7 +28,8 @@ import torch
 
 from d3hr import __version__
 from d3hr.config import Config, validate
-from d3hr.data import fit_to_model, fit_to_saved, load_dataset, resolve_presets, safe_class_dir
+from d3hr.data import fit_to_model, fit_to_saved, load_dataset, load_raw, resolve_config, safe_class_dir
+from d3hr.data.identity import fingerprint
 from d3hr.data.images import ImageSet, match_channels
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample, forward_noise
 from d3hr.distill.baselines import (
@@ -42,7 +43,15 @@ from d3hr.distill.group import select_groups
 from d3hr.distill.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, build_small, load_generator, save_generator
-from d3hr.generator.train import encode_dataset, train_dit, train_vae
+from d3hr.generator.model import INFO_FILE, generator_shape
+from d3hr.generator.train import (
+    encode_dataset,
+    heldout_split,
+    reconstruction_psnr,
+    total_steps,
+    train_dit,
+    train_vae,
+)
 from d3hr.utils.dist import get_world, rank_device
 from d3hr.utils.io import (
     atomic_path,
@@ -62,7 +71,10 @@ FORMAT_VERSION = 1
 STAGES = ("generator", "invert", "select", "generate")
 INVERT_METHODS = ("d3hr", "base-rs")  # methods that select from per-class statistics of inverted latents
 GENERATOR_METHODS = (*INVERT_METHODS, "kmeans-latent", "base-ddpm")
-HERDING_TEACHER = "convnet"  # the teacher (d3hr.evaluate.teacher) whose penultimate features herding uses
+HERDING_TEACHER = "convnet"
+# Below this VAE reconstruction PSNR (8-bit, held-out training images) the run warns: see the README, "Your own
+# images", for the measurements behind it.
+PSNR_WARN_DB = 20.0  # the teacher (d3hr.evaluate.teacher) whose penultimate features herding uses
 
 
 def _checkpoint_seconds() -> float:
@@ -85,16 +97,22 @@ class Run:
     """A run folder (DESIGN.md section 1) and the bookkeeping of its stages."""
 
     def __init__(self, cfg: Config):
-        if cfg.generator.path is None:
-            resolve_presets(cfg)
         if cfg.diffusion.guidance_scale is None:
             cfg.diffusion.guidance_scale = 4.0 if cfg.generator.path is not None else 1.0
         validate(cfg)
-        self.cfg = cfg
-        self.root = Path(cfg.out)
         self.world = get_world(cfg.device)  # torchrun: K processes; otherwise a world of one
         self.device = torch.device(rank_device(cfg.device, self.world))
-        self._train: ImageSet | None = None
+        # Shapes from the data and the generator: what is inferred is said once and written to config.yaml.
+        raw = load_raw(cfg.data, "train")
+        side, channels = generator_shape(cfg.generator.path) if cfg.generator.path is not None else (None, None)
+        self.data_note = resolve_config(cfg, raw.survey(), side, channels).note
+        validate(cfg)
+        if self.world.is_main:
+            say(self.data_note)
+        self.cfg = cfg
+        self.root = Path(cfg.out)
+        self._train: ImageSet = raw.reshaped(cfg.data.resolution, cfg.data.channels)
+        self._fingerprint = fingerprint(raw, cfg.data.fingerprint)  # the files as found: content, not path
         self._gen: Generator | None = None
         self._lock_fd: int | None = None
 
@@ -123,6 +141,8 @@ class Run:
         rank 0 holds it (and writes config.yaml) for all ranks."""
         fd = self._lock() if self.world.is_main else None
         try:
+            if fd is not None:
+                self._drop_stale()
             self.world.barrier()  # rank 0 has the lock and has written config.yaml
             try:
                 yield
@@ -149,6 +169,39 @@ class Run:
             raise
         return fd
 
+    def _drop_stale(self) -> None:
+        """Remove what an earlier use of this run folder left and the current run would not replace: the statistics
+        and generator pointer of a method this run does not use, and the evaluation results and report when the
+        method or the data (its identity) changed. Only d3hr's own file names are touched."""
+        state, stale, dropped = self.state(), [], []
+        for stage, names, needed in (("invert", ("stats.safetensors", "stats.partial.safetensors"), INVERT_METHODS),
+                                     ("generator", ("generator.json",), GENERATOR_METHODS)):
+            if self.method not in needed:
+                stale += [n for n in names if (self.root / n).exists()]
+                if state.pop(stage, None) is not None:
+                    dropped.append(stage)
+        manifest = self.root / "manifest.json"
+        before = read_json(manifest) if manifest.is_file() else {}
+        before = before if isinstance(before, dict) else {}
+        old_data = before.get("dataset") if isinstance(before.get("dataset"), dict) else {}
+        now = self.data_identity()
+        changed = [what for what, old, new in (("method", before.get("method"), self.method),
+                                               ("data", old_data.get("sha256"), now["sha256"]),
+                                               ("dataset", old_data.get("name"), now["name"]))
+                   if old is not None and old != new]
+        if changed:
+            stale += [n for n in ("eval", "report.html") if (self.root / n).exists()]
+        if not stale and not dropped:
+            return
+        for name in stale:
+            path = self.root / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if dropped:
+            write_json(self.state_file, state)
+        why = f" ({' and '.join(changed)} changed)" if changed else ""
+        say(f"[run] removed what an earlier run in {self.root} left for another method or data{why}: "
+            f"{', '.join(stale + [f'stages.json:{s}' for s in dropped])}")
+
     # ----- shared inputs -----------------------------------------------------------------------------------
     @property
     def method(self) -> str:
@@ -158,14 +211,14 @@ class Run:
 
     @property
     def train_set(self) -> ImageSet:
-        if self._train is None:
-            self._train = load_dataset(self.cfg.data, "train")
         return self._train
 
     def data_identity(self) -> dict[str, Any]:
         d = self.cfg.data
         root = str(Path(d.root).resolve()) if d.root else None
-        return {"name": d.name, "root": root, "limit": d.limit, "image_size": d.image_size, "fit": d.fit}
+        return {"name": d.name, "root": root, "limit": d.limit, "image_size": d.image_size, "fit": d.fit,
+                "resolution": d.resolution, "channels": d.channels, "fingerprint": d.fingerprint,
+                "sha256": self._fingerprint}
 
     def generator_key(self) -> str:
         g = self.cfg.generator
@@ -214,17 +267,18 @@ class Run:
         ready = self.world.broadcast(self.cfg.generator.path is not None
                                      or (path / "transformer" / "config.json").is_file())
         if ready:
+            say(f"[generator] using {path}")
             if self.world.is_main and not self._done("generator", key, []):
                 write_json(self.root / "generator.json", pointer)
-                self._record("generator", key, 0.0, path=str(path))
-            say(f"[generator] using {path}")
+                self._record("generator", key, 0.0, path=str(path), quality=self._generator_quality(path))
             return path
         t0 = time.time()
         self._train_generator(path)  # under torchrun: data parallel over the ranks, rank 0 writes
         if self.world.is_main:
             pointer["path"] = str(path.resolve())
             write_json(self.root / "generator.json", pointer)
-            self._record("generator", key, time.time() - t0, path=str(path), processes=self.world.size)
+            self._record("generator", key, time.time() - t0, path=str(path), processes=self.world.size,
+                         quality=self._generator_quality(path))
         self.world.barrier()
         return path
 
@@ -238,17 +292,24 @@ class Run:
                           g.vae.latent_channels, g.vae.layers_per_block, g.dit.num_layers,
                           g.dit.num_attention_heads, g.dit.attention_head_dim, g.dit.patch_size).to(self.device)
         say(f"[generator] training a small VAE + DiT on {len(ds)} {ds.name} images -> {path}")
+        fit_idx, heldout = heldout_split(len(ds), g.seed)
         vae_losses, t_vae = train_vae(gen, ds, g.vae, cfg.data.image_size, cfg.data.fit, g.seed, g.precision,
-                                      partial / "vae.ckpt.safetensors")
+                                      partial / "vae.ckpt.safetensors", train_idx=fit_idx)
+        psnr = reconstruction_psnr(gen, ds, heldout, cfg.data.image_size, cfg.data.fit) if len(heldout) else None
         z = encode_dataset(gen, ds, cfg.data.image_size, cfg.data.fit)  # (N, c, h, w) unscaled
         scale = 1.0 / float(z.float().std())
         gen.vae.register_to_config(scaling_factor=scale)
         labels = torch.as_tensor(ds.targets)
         dit_losses, t_dit = train_dit(gen, z * scale, labels, g.dit, g.seed, g.precision,
                                       partial / "dit.ckpt.safetensors")
+        quality = {"vae_psnr_db": None if psnr is None else round(psnr, 2), "vae_heldout_images": len(heldout),
+                   "vae_steps": total_steps(g.vae.steps, g.vae.epochs, len(fit_idx), g.vae.batch_size),
+                   "dit_steps": total_steps(g.dit.steps, g.dit.epochs, len(ds), g.dit.batch_size),
+                   "vae_final_mse": vae_losses[-1] if vae_losses else None,
+                   "dit_final_loss": dit_losses[-1] if dit_losses else None}
         gen.info = {"trained_by": f"d3hr {__version__}", "dataset": self.data_identity(), "classes": ds.classes,
                     "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": g.seed, "scaling_factor": scale,
-                    "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
+                    "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses, "quality": quality,
                     "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
         if self.world.is_main:
             out = path.with_name(path.name + ".out")
@@ -256,8 +317,26 @@ class Run:
             save_generator(gen, out)
             replace_dir(out, path)
             shutil.rmtree(partial, ignore_errors=True)
-        say(f"[generator] VAE {t_vae:.0f}s (final MSE {vae_losses[-1] if vae_losses else float('nan'):.4f}), "
-            f"DiT {t_dit:.0f}s (final loss {dit_losses[-1] if dit_losses else float('nan'):.4f})")
+        say(f"[generator] VAE {t_vae:.0f}s, {quality['vae_steps']} steps (final training MSE "
+            f"{quality['vae_final_mse'] or float('nan'):.4f}), DiT {t_dit:.0f}s, {quality['dit_steps']} steps "
+            f"(final loss {quality['dit_final_loss'] or float('nan'):.4f})")
+
+    def _generator_quality(self, path: Path) -> dict[str, Any]:
+        """The quality readout of a generator trained here (from its provenance file), said with a warning that
+        names the key to raise when the VAE's reconstruction is poor; {} for a pretrained generator."""
+        info_file = path / INFO_FILE
+        quality = read_json(info_file).get("quality", {}) if info_file.is_file() else {}
+        psnr = quality.get("vae_psnr_db")
+        if psnr is None:
+            return quality
+        say(f"[generator] VAE reconstruction PSNR {psnr:.1f} dB on {quality['vae_heldout_images']} held-out "
+            f"training images; DiT final loss {quality.get('dit_final_loss') or float('nan'):.4f}")
+        if psnr < PSNR_WARN_DB:
+            budget = "steps" if self.cfg.generator.vae.steps is not None else "epochs"
+            now = getattr(self.cfg.generator.vae, budget)
+            say(f"[generator] warning: a reconstruction under {PSNR_WARN_DB:.0f} dB blurs every distilled image; "
+                f"raise generator.vae.{budget} (now {now}) or generator.vae.block_out_channels")
+        return quality
 
     def invert_key(self) -> str:
         d = self.cfg.diffusion
@@ -366,7 +445,7 @@ class Run:
         compact form, or a one-line error."""
         d, num_classes = self.cfg.diffusion, len(self.train_set.classes)
         y = torch.as_tensor(self.train_set.targets[idx])
-        x = fit_to_model(self.train_set.load(idx), self.cfg.data.image_size or gen.image_size, self.cfg.data.fit)
+        x = fit_to_model(self.train_set.load(idx), self.cfg.data.image_size, self.cfg.data.fit)
         noise = generator_for(self.cfg.seed, "encode", b) if d.encode == "sample" else None
         z0 = gen.encode(x, sample=d.encode == "sample", generator=noise)  # (B, c, h, w)
         zk = ddim_invert(eps_fn, z0, labels_map[y], grid, d.inversion_steps)
@@ -516,7 +595,7 @@ class Run:
 
     def _encode(self, gen: Generator, idx: np.ndarray) -> torch.Tensor:
         """VAE posterior means z0 (n, c, h, w) of the training images at ``idx``, in batches of diffusion.batch_size."""
-        bs, size = self.cfg.diffusion.batch_size, self.cfg.data.image_size or gen.image_size
+        bs, size = self.cfg.diffusion.batch_size, self.cfg.data.image_size
         return torch.cat([gen.encode(fit_to_model(self.train_set.load(idx[i : i + bs]), size, self.cfg.data.fit))
                           .cpu() for i in range(0, len(idx), bs)])
 

@@ -124,10 +124,15 @@ def _check_args(labels: str, seeds: list[int], epochs: int, batch_size: int, pre
 
 
 def _open_run(root: Path) -> tuple[Config, ImageSet, dict[str, Any]]:
-    """The run's config, the real test split of its dataset and its manifest ({} when there is none)."""
+    """The run's config, the real test split of its dataset and its manifest ({} when there is none).
+
+    Evaluation happens at the side the images were saved at: ``cfg.data.resolution`` is set to
+    ``generate.save_size`` when the run gave one, so that the test split, the teacher and the students agree.
+    """
     if not (root / "config.yaml").is_file():
         raise D3HRError(f"{root} is not a run folder (no config.yaml)")
     cfg = load_config(root / "config.yaml")
+    cfg.data.resolution = cfg.generate.save_size or cfg.data.resolution
     manifest = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
     return cfg, load_dataset(cfg.data, "test"), manifest
 

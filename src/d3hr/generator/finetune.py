@@ -18,7 +18,7 @@ import torch
 
 from d3hr import __version__
 from d3hr.config import Config
-from d3hr.data import load_dataset
+from d3hr.data import load_raw, resolve_config
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
@@ -65,8 +65,10 @@ def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
     world = get_world(cfg.device)  # torchrun: data parallel over the ranks (d3hr.generator.train), rank 0 writes
     device = torch.device(rank_device(cfg.device, world))
     gen = load_generator(g.path, device)
-    ds = load_dataset(cfg.data, "train")
-    size = cfg.data.image_size or gen.image_size
+    raw = load_raw(cfg.data, "train")
+    say(resolve_config(cfg, raw.survey(), gen.image_size, int(gen.vae.config.in_channels)).note)
+    ds = raw.reshaped(cfg.data.resolution, cfg.data.channels)
+    size = cfg.data.image_size  # the generator's own side
     if g.class_map is not None:
         from d3hr.data.classmap import load_class_map
 

@@ -46,7 +46,8 @@ class Generator:
 
     @property
     def image_size(self) -> int:
-        return int(self.vae.config.sample_size)
+        """The generator's own image side: its latent side times the VAE's downsampling."""
+        return image_side(dict(self.vae.config), dict(self.transformer.config))
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -104,6 +105,26 @@ class Generator:
         with self._autocast():
             out = self.transformer(zt.to(self.device), timestep=timestep, class_labels=labels).sample
         return out[:, :c].float()  # DiT-XL/2 also predicts a variance in channels c..2c: drop it
+
+
+def image_side(vae_config: dict[str, Any], transformer_config: dict[str, Any]) -> int:
+    """Image side of a VAE + DiT pair from their configs: the DiT's latent ``sample_size`` times the VAE's
+    downsampling (2 per block after the first); the VAE's ``sample_size`` when the DiT gives none."""
+    factor = 2 ** (len(vae_config.get("block_out_channels", [0])) - 1)
+    latent = transformer_config.get("sample_size")
+    return int(latent) * factor if latent else int(vae_config["sample_size"])
+
+
+def generator_shape(source: str | Path) -> tuple[int, int]:
+    """(image side, image channels) of a diffusers generator directory or hub id, from its configs alone."""
+    diffusers_logging.set_verbosity_error()
+    try:
+        vae = AutoencoderKL.load_config(str(source), subfolder="vae")
+        dit = DiTTransformer2DModel.load_config(str(source), subfolder="transformer")
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise D3HRError(f"cannot load generator {source}: {first}") from None
+    return image_side(vae, dit), int(vae.get("in_channels", 3))
 
 
 def build_small(num_classes: int, channels: int, image_size: int, block_out_channels: list[int],

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from d3hr.config import DiTConfig, VAEConfig
-from d3hr.data.images import ImageSet, fit_to_model, match_channels
+from d3hr.data.images import ImageSet, fit_to_model, fit_to_saved, match_channels
 from d3hr.diffusion.ddim import forward_noise
+from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
 from d3hr.utils.dist import World, get_world
@@ -36,6 +37,44 @@ def _autocast(device: torch.device, precision: str):
 def _batches(n: int, batch_size: int, seed: int, *keys: object) -> list[np.ndarray]:
     perm = torch.randperm(n, generator=generator_for(seed, *keys)).numpy()
     return [perm[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def total_steps(steps: int | None, epochs: int | None, n: int, batch_size: int) -> int:
+    """The optimizer steps of a budget given in ``steps``, or in ``epochs`` over ``n`` items."""
+    if steps is not None:
+        return steps
+    if epochs is None:
+        raise D3HRError("a training budget needs steps or epochs")
+    return epochs * math.ceil(n / batch_size)
+
+
+HELDOUT_MAX = 256  # training images held out of VAE training to measure its reconstruction
+HELDOUT_SHARE = 0.05
+
+
+def heldout_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(VAE training indices, held-out indices): a seeded 5% of the ``n`` training images, at most 256, at least 1
+    (none of a set of fewer than 20 images), for the reconstruction readout."""
+    k = min(HELDOUT_MAX, int(n * HELDOUT_SHARE)) if n >= 20 else 0
+    perm = torch.randperm(n, generator=generator_for(seed, "vae-heldout")).numpy()
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+@torch.no_grad()
+def reconstruction_psnr(gen: Generator, images: ImageSet, idx: np.ndarray, image_size: int, fit: str) -> float:
+    """PSNR (dB, 8-bit peak) of the VAE's reconstructions (posterior mean) of the images at ``idx``, compared as
+    saved: fitted back to the data's resolution and quantized, against the original uint8 pixels."""
+    se, count = 0.0, 0
+    for i in range(0, len(idx), 64):
+        real = images.load(idx[i : i + 64])  # (b, C, r, r) uint8
+        x = fit_to_model(real, image_size, fit)
+        z = gen.vae.encode(match_channels(x, gen.vae.config.in_channels).to(gen.device)).latent_dist.mean
+        recon = match_channels(gen.vae.decode(z).sample.float().cpu(), images.channels)
+        out = fit_to_saved(recon, images.resolution, fit)
+        se += float(((out.double() - real.double()) ** 2).sum())
+        count += real.numel()
+    mse = se / max(count, 1)
+    return float("inf") if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
 def _average_grads(module: torch.nn.Module, world: World) -> None:
@@ -62,22 +101,28 @@ def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module],
 
 
 def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
-              precision: str = "bf16", ckpt: Path | None = None) -> tuple[list[float], float]:
-    """Train ``gen.vae`` to reconstruct the dataset (MSE + KL), resuming from ``ckpt`` at epoch granularity.
+              precision: str = "bf16", ckpt: Path | None = None,
+              train_idx: np.ndarray | None = None) -> tuple[list[float], float]:
+    """Train ``gen.vae`` to reconstruct the images at ``train_idx`` (default: all) with MSE + KL, for ``cfg.steps``
+    optimizer steps (or ``cfg.epochs`` passes), resuming from ``ckpt`` at epoch granularity.
 
     Returns the mean training MSE of every epoch (those before a resume included) and the seconds spent.
     """
     vae, device, world = gen.vae, gen.device, get_world()
+    pool = np.arange(len(images)) if train_idx is None else np.asarray(train_idx)
     vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     start, losses, spent = _resume(ckpt, {"vae": vae}, opt)
     t0 = time.time() - spent
-    bar = progress(cfg.epochs * math.ceil(len(images) / cfg.batch_size), "train VAE", "step")
-    bar.update(start * math.ceil(len(images) / cfg.batch_size))
-    for epoch in range(start, cfg.epochs):
+    per_epoch = math.ceil(len(pool) / cfg.batch_size)
+    steps = total_steps(cfg.steps, cfg.epochs, len(pool), cfg.batch_size)
+    bar = progress(steps, "train VAE", "step")
+    bar.update(min(start * per_epoch, steps))
+    for epoch in range(start, math.ceil(steps / per_epoch)):
         noise = generator_for(seed, "vae-noise", epoch)
         total, count = 0.0, 0
-        for batch in _batches(len(images), cfg.batch_size, seed, "vae-epoch", epoch):
+        for batch in _batches(len(pool), cfg.batch_size, seed, "vae-epoch", epoch)[: steps - epoch * per_epoch]:
+            batch = pool[batch]
             rows = world.rows(len(batch))
             x = match_channels(fit_to_model(images.load(batch[rows.numpy()]), image_size, fit),
                                vae.config.in_channels)
@@ -146,12 +191,13 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     null = gen.num_labels
     params, ema_params = list(dit.parameters()), list(ema.parameters())
     steps_per_epoch = math.ceil(len(z0) / cfg.batch_size)
-    bar = progress(cfg.epochs * steps_per_epoch, "train DiT", "step")
-    bar.update(start * steps_per_epoch)
-    for epoch in range(start, cfg.epochs):
+    steps = total_steps(cfg.steps, cfg.epochs, len(z0), cfg.batch_size)
+    bar = progress(steps, "train DiT", "step")
+    bar.update(min(start * steps_per_epoch, steps))
+    for epoch in range(start, math.ceil(steps / steps_per_epoch)):
         g = generator_for(seed, "dit-noise", epoch)
         total, count = 0.0, 0
-        for idx in _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch):
+        for idx in _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch)[: steps - epoch * steps_per_epoch]:
             idx = torch.from_numpy(idx)
             x0, y = z0[idx], labels[idx].clone()
             t = torch.randint(0, len(alphas), (len(idx),), generator=g)
@@ -169,7 +215,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             (loss * (len(rows) * world.size / len(idx))).backward()
             _average_grads(dit, world)
             opt.step()
-            step = epoch * steps_per_epoch + count // cfg.batch_size
+            step = epoch * steps_per_epoch + count // cfg.batch_size  # global optimizer step
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up for short trainings
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - decay)
