@@ -79,7 +79,8 @@ def _peak_rss_mb() -> float:
 
 
 def cache_root(cfg: Config) -> Path:
-    """Where trained generators are cached: generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr."""
+    """Where trained generators, statistics and teachers are cached: generator.cache_dir, else $D3HR_CACHE, else
+    ~/.cache/d3hr."""
     return cache_dir(cfg.generator.cache_dir)
 
 
