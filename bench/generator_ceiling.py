@@ -8,7 +8,7 @@ run folders whose images are those same real images
   sampled back to level 0 with the run's DDIM grid, then decoded: the path every D3HR image takes, started from a
   real image's own inverted latent instead of a drawn one;
 
-and scores every folder with ``d3hr evaluate`` (the teacher of the grid is shared through ``OUT/.teachers``). The
+and scores every folder with ``d3hr evaluate`` (against the grid's teacher, from the cache). The
 gap real -> vae is what the autoencoder loses, vae -> ddim what the diffusion round trip adds; a generated set
 cannot be expected to beat the ``ddim`` row by much, since it is built from the same decoder and sampler.
 
@@ -37,7 +37,8 @@ from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_invert, ddim_sample
 from d3hr.distill.pipeline import Run, _class_folders, _save_class_pngs
 from d3hr.evaluate.runner import _open_run, evaluate, read_run_images
-from d3hr.utils.io import read_json, write_json
+from d3hr.utils.folders import claim
+from d3hr.utils.io import read_json, sha256_file, write_json
 
 VARIANTS = ("vae", "ddim")
 
@@ -79,17 +80,18 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
     cfg, test, manifest = _open_run(real)
     images, targets, _ = read_run_images(real, test, manifest)
     new = images if variant == "real" else round_trip(run, images, targets, variant)
-    dest.mkdir(parents=True, exist_ok=True)
+    claim(dest, "run")
     shutil.copy(real / "config.yaml", dest / "config.yaml")
     folders = _class_folders(test.classes)
     tmp = dest / "images.partial"
     for c, folder in enumerate(folders):
         _save_class_pngs(tmp / folder, new[targets == c])
+    files = {f"images/{p.relative_to(tmp).as_posix()}": sha256_file(p) for p in sorted(tmp.rglob("*.png"))}
     write_json(dest / "manifest.json", {"method": f"{variant}: {real.name} through the generator",
                                         "ipc": manifest.get("ipc"),
                                         "classes": {str(i): n for i, n in enumerate(test.classes)},
                                         "class_folders": folders, "source": str(real),
-                                        "generator_run": str(run.root)})
+                                        "generator_run": str(run.root), "files": files})
     tmp.rename(dest / "images")
     return dest
 
@@ -107,7 +109,7 @@ def main() -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     teachers = args.real[0].resolve().parent / ".teachers"
     if teachers.is_dir() and not (runs_dir / ".teachers").exists():
-        os.symlink(teachers, runs_dir / ".teachers")  # the grid's teacher scores these sets too
+        os.symlink(teachers, runs_dir / ".teachers")  # a grid of earlier versions kept its teacher beside its runs
     run = Run(load_config(args.generator_run / "config.yaml"))
     rows: dict[str, list[float]] = {}
     for real in args.real:

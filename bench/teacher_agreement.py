@@ -1,10 +1,11 @@
 """How well do a distilled set's images carry their own labels? The grid's teacher reads every image.
 
-For each run folder given (``RUN/images`` as an ImageFolder, ``RUN/config.yaml``), the cached soft-label teacher of
-its grid (``RUN/../.teachers``, trained on the whole training set) classifies every image, unaugmented, and this
-prints per run: the share of images the teacher assigns to their own folder's class, and the teacher's mean
-probability for that class. With hard labels a student learns exactly the folder's class, so images the teacher
-reads as another class are label noise; with soft labels the teacher's distribution replaces the folder's label.
+For each run folder given (the images its manifest lists, ``RUN/config.yaml``), the cached soft-label teacher of its
+grid (in the d3hr cache, or ``RUN/../.teachers`` for grids of earlier versions; trained on the whole training set)
+classifies every image, unaugmented, and this prints per run: the share of images the teacher assigns to their own
+folder's class, and the teacher's mean probability for that class. With hard labels a student learns exactly the
+folder's class, so images the teacher reads as another class are label noise; with soft labels the teacher's
+distribution replaces the folder's label.
 
     .venv/bin/python bench/teacher_agreement.py GRID/runs/d3hr-ipc10-seed{0,1,2} GRID/runs/random-real-ipc10-seed0
 """
@@ -25,7 +26,7 @@ def agreement(run: Path, arch: str = "convnet") -> tuple[int, float, float]:
     """(images, share the teacher assigns to their own class, mean teacher probability of their own class)."""
     cfg, test, manifest = _open_run(run)
     images, targets, _ = read_run_images(run, test, manifest)
-    path = teacher_path(run, cfg.data, test, arch)
+    path = teacher_path(run, cfg.data, test, arch, cfg.generator.cache_dir)
     if not path.is_file():
         raise SystemExit(f"{run}: no cached teacher at {path} (evaluate the grid with soft labels first)")
     teacher, _ = load_teacher(path)

@@ -16,6 +16,7 @@ import torch
 
 from d3hr.cli import main
 from d3hr.errors import D3HRError
+from d3hr.utils.folders import write_marker
 from d3hr.utils.io import _umask, write_text
 from tests.conftest import FAST_TRAIN
 
@@ -82,6 +83,7 @@ def test_killed_during_generation_resumes_identically(reference, tmp_path):
 def test_second_writer_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    write_marker(run, "run")  # the other process marked the folder as a run before locking it
     fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 from d3hr.config import Config, load_config, nest
 from d3hr.distill.pipeline import Run
 from d3hr.errors import D3HRError
+from d3hr.utils.folders import is_own_unlisted
 from d3hr.utils.io import load_tensors, read_json, sha256_file
+from d3hr.utils.schema import GENERATOR_POINTER, check, check_manifest
 
 
 def _config(cfg: Config | None, overrides: dict[str, Any]) -> Config:
@@ -70,14 +73,15 @@ def distill(cfg: Config | None = None, **overrides: Any) -> dict[str, Any]:
     if (root / "stats.safetensors").is_file():
         out["stats"] = str(root / "stats.safetensors")
     if (root / "generator.json").is_file():
-        out["generator"] = read_json(root / "generator.json")["path"]
+        out["generator"] = check(read_json(root / "generator.json"), GENERATOR_POINTER, root / "generator.json")["path"]
     return out
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
     """Read a run folder: its config, manifest, statistics and selection (tensors as torch tensors)."""
     root = Path(path)
-    out: dict[str, Any] = {"config": load_config(root / "config.yaml"), "manifest": read_json(root / "manifest.json")}
+    manifest = check_manifest(read_json(root / "manifest.json"), root / "manifest.json")
+    out: dict[str, Any] = {"config": load_config(root / "config.yaml"), "manifest": manifest}
     for name in ("stats", "selection"):
         f = root / f"{name}.safetensors"
         if f.is_file():
@@ -88,13 +92,13 @@ def load_run(path: str | Path) -> dict[str, Any]:
 def verify(path: str | Path) -> list[str]:
     """Compare every file listed in RUN/manifest.json with its sha256; returns one line per problem (none: intact).
 
-    Reports files that changed, files that are missing, and files in the run that the manifest does not list.
+    Reports files that changed, files that are missing, and every file in the run folder that the manifest does not
+    list, except those d3hr writes there unlisted (d3hr.utils.folders.is_own_unlisted: eval/, report.html, ...).
     """
     root = Path(path)
-    manifest = read_json(root / "manifest.json")
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise D3HRError(f"{root / 'manifest.json'} has no 'files' table")
+    if not (root / "manifest.json").is_file():
+        raise D3HRError(f"{root} has no manifest.json: not a distilled run folder")
+    files = check_manifest(read_json(root / "manifest.json"), root / "manifest.json")["files"]
     problems = []
     for rel, digest in sorted(files.items()):
         p = root / rel
@@ -104,8 +108,10 @@ def verify(path: str | Path) -> list[str]:
             problems.append(f"{rel}: missing")
         elif sha256_file(p) != digest:
             problems.append(f"{rel}: sha256 differs from the manifest")
-    for p in sorted((root / "images").rglob("*.png")) if (root / "images").is_dir() else []:
-        rel = p.relative_to(root).as_posix()
-        if rel not in files:
-            problems.append(f"{rel}: not in the manifest")
+    for folder, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names + [d for d in dirs if (Path(folder) / d).is_symlink()]):
+            rel = (Path(folder) / name).relative_to(root).as_posix()
+            if rel not in files and not is_own_unlisted(rel):
+                problems.append(f"{rel}: not in the manifest")
     return problems

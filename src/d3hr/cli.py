@@ -1,9 +1,15 @@
-"""The d3hr command line: parse, build a Config, call the library, print a summary."""
+"""The d3hr command line: parse, build a Config, call the library, print a summary.
+
+Every command runs under one guard (``main``): a D3HRError (bad input, refused folder, corrupt file) or an OSError
+(the file system said no) is one line ``d3hr: error: ...`` and exit code 2, Ctrl-C is one line and exit code 130;
+any other exception is a bug and keeps its traceback. ``--debug`` shows the traceback of the first two as well.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,6 +17,10 @@ from typing import Any
 from d3hr import api
 from d3hr.config import METHODS, Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
+from d3hr.utils.folders import owns
+
+EXIT_ERROR = 2  # a D3HRError or OSError: bad input, a refused folder, a corrupt file, the file system
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
 STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select": api.select,
           "generate": api.generate}
@@ -55,7 +65,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d3hr", description="Dataset distillation with diffusion models (D3HR).")
     parser.add_argument("--version", action="version", version=f"d3hr {__import__('d3hr').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors reported in one line")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug also after the command, without resetting it there
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_sub_parser(debug))
     p = sub.add_parser("distill", help="run every stage (unchanged stages are skipped)")
     _add_common(p)
     for name, fn in STAGES.items():
@@ -109,6 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _sub_parser(debug: argparse.ArgumentParser) -> type[argparse.ArgumentParser]:
+    """An ArgumentParser class whose instances (the subcommands) all accept ``debug``'s flags."""
+
+    class SubParser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, parents=[debug], **kwargs)
+
+    return SubParser
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then RUN/config.yaml if the run exists, then --config, then flags and --set overrides."""
     overrides: list[dict[str, Any]] = []
@@ -118,7 +141,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
             overrides.append(nest(key, value))
     overrides += [nest(*parse_override(s)) for s in args.set]
     base = None
-    if args.out and (Path(args.out) / "config.yaml").is_file():
+    if args.out and (Path(args.out) / "config.yaml").is_file() and owns(args.out, "run"):
         base = load_config(Path(args.out) / "config.yaml")
         if args.dataset and args.dataset != base.data.name:
             base = None  # a different dataset in the same folder starts from the defaults
@@ -143,12 +166,9 @@ def _summary(cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def _verify(run: str) -> int:
-    try:
-        problems = api.verify(run)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
+def _verify(args: argparse.Namespace) -> int:
+    run = args.run
+    problems = api.verify(run)
     for p in problems:
         print(f"{run}: {p}")
     if problems:
@@ -158,25 +178,25 @@ def _verify(run: str) -> int:
     return 0
 
 
+def _int_list(text: str, flag: str) -> list[int]:
+    """'1,10,50' -> [1, 10, 50]; anything else is a one-line error naming ``flag``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise D3HRError(f"{flag} must be comma-separated integers, got {text!r}") from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from d3hr.compare import compare, parse_sweep
 
     overrides = [nest(key, getattr(args, flag)) for flag, key in
                  (("dataset", "data.name"), ("root", "data.root"), ("limit", "data.limit"),
                   ("generator", "generator.path"), ("device", "device")) if getattr(args, flag) is not None]
-    try:
-        base = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
-        sweep = parse_sweep(args.sweep) if args.sweep else None
-        ipcs = [int(v) for v in args.ipc.split(",") if v.strip()]
-        result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], ipcs, args.seeds,
-                         args.out, labels=[v.strip() for v in args.labels.split(",")], student=args.student,
-                         epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
-    except ValueError as exc:
-        print(f"d3hr: error: --ipc must be comma-separated integers ({exc})", file=sys.stderr)
-        return 2
+    base = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
+    sweep = parse_sweep(args.sweep) if args.sweep else None
+    result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], _int_list(args.ipc, "--ipc"),
+                     args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
+                     student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs)
     print((Path(args.out) / "results.md").read_text())
     print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0
@@ -204,26 +224,10 @@ def _stage(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resumable(body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a long command: a D3HRError is a one-line error (exit 2), Ctrl-C says how to resume (exit 130)."""
-    try:
-        return body(args)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("d3hr: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-
-
-def _report(run: str) -> int:
+def _report(args: argparse.Namespace) -> int:
     from d3hr.report import write_report
 
-    try:
-        path = write_report(run)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
+    path = write_report(args.run)
     print(f"d3hr: wrote {path}")
     return 0
 
@@ -231,12 +235,8 @@ def _report(run: str) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from d3hr.evaluate import evaluate
 
-    try:
-        out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
-                       teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device)
-    except D3HRError as exc:
-        print(f"d3hr: error: {exc}", file=sys.stderr)
-        return 2
+    out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
+                   teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device)
     print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
           f"results in {Path(args.run) / 'eval' / 'results.json'}")
     row = out["summary"]
@@ -246,14 +246,33 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify": _verify, "evaluate": _evaluate, "report": _report, "compare": _compare, "finetune": _finetune,
+    **{name: _stage for name in ("distill", *STAGES)}}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line for a D3HRError or OSError: its message, or an OSError's reason and the file(s) it names."""
+    if isinstance(exc, OSError) and exc.strerror:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        text = f"{exc.strerror}: {files}" if files else exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one line, whatever the message held
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (0 done, 1 verify found problems, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
-    if args.command == "verify":
-        return _verify(args.run)
-    if args.command == "evaluate":
-        return _evaluate(args)
-    if args.command == "report":
-        return _report(args.run)
-    if args.command == "compare":
-        return _compare(args)
-    return _resumable(_finetune if args.command == "finetune" else _stage, args)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
+        print("d3hr: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (D3HRError, OSError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"d3hr: error: {error_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR

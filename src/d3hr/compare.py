@@ -2,7 +2,7 @@
 
 Every cell is an ordinary run folder under OUT/runs/, so an interrupted compare resumes: finished stages and finished
 evaluation records are skipped. The generator, the inversion statistics and the teacher are shared by all cells that
-can share them (generator cache, statistics cache, RUN/../.teachers).
+can share them (generator, statistics and teacher caches). The whole grid is checked before the first cell starts.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from d3hr.config import Config, load_config, nest, parse_override
+from d3hr.config import METHODS, Config, load_config, nest, parse_override
+from d3hr.errors import D3HRError
+from d3hr.utils.dist import check_device
+from d3hr.utils.folders import claim
 from d3hr.utils.io import atomic_path, read_json, write_json, write_text
 from d3hr.utils.progress import say
+from d3hr.utils.schema import COMPARE_RESULTS, check
 
 
 @dataclass(frozen=True)
@@ -30,7 +34,7 @@ class Cell:
     @property
     def name(self) -> str:
         tail = f"-{self.sweep[0].split('.')[-1]}{self.sweep[1]}" if self.sweep else ""
-        return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"  # siblings: they share RUN/../.teachers
+        return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"
 
 
 def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
@@ -45,16 +49,15 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     from d3hr.evaluate import evaluate
 
     out = Path(out)
+    check_grid(methods, ipcs, seeds, labels, student, epochs, sweep, teacher_epochs)
+    check_device(base.device)
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
     cells = [Cell(m, i, s, w) for w in sweeps for m in methods for i in ipcs for s in range(seeds)]
+    configs = [_cell_config(base, cell, out) for cell in cells]  # every cell's config is valid before any work
+    claim(out, "compare")
     rows = []
-    for n, cell in enumerate(cells, 1):
+    for n, (cell, cfg) in enumerate(zip(cells, configs), 1):
         say(f"[compare] cell {n}/{len(cells)}: {cell.name}")
-        items = [nest("select.method", cell.method), nest("select.ipc", cell.ipc), nest("seed", cell.seed),
-                 nest("out", str(out / "runs" / cell.name))]
-        if cell.sweep:
-            items.append(nest(*cell.sweep))
-        cfg = load_config(None, items, base=copy.deepcopy(base))
         api.distill(cfg)
         for mode in labels:
             res = evaluate(cfg.out, student=student, labels=mode, seeds=[cell.seed], epochs=epochs, device=cfg.device,
@@ -74,6 +77,49 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     return result
 
 
+def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: Sequence[str], student: str,
+               epochs: int, sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None) -> None:
+    """Refuse a grid that cannot run to the end, with one line naming the value, before the first cell starts."""
+    from d3hr.evaluate.runner import LABELS
+    from d3hr.evaluate.students import check_student
+
+    def positive(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    checks = [
+        (len(methods) >= 1, "--methods must name at least one method"),
+        (all(m in METHODS for m in methods),
+         f"--methods: unknown method {next((m for m in methods if m not in METHODS), '')!r}; "
+         f"known: {', '.join(METHODS)}"),
+        (len(set(methods)) == len(methods), f"--methods names a method twice: {', '.join(methods)}"),
+        (len(ipcs) >= 1 and all(positive(i) for i in ipcs), f"--ipc must be integers >= 1, got {list(ipcs)}"),
+        (len(set(ipcs)) == len(ipcs), f"--ipc names a value twice: {list(ipcs)}"),
+        (positive(seeds), f"--seeds must be an integer >= 1, got {seeds!r}"),
+        (len(labels) >= 1 and all(lab in LABELS for lab in labels), f"--labels must be soft, hard or soft,hard, got "
+                                                                   f"{','.join(labels)!r}"),
+        (len(set(labels)) == len(labels), f"--labels names a mode twice: {','.join(labels)}"),
+        (positive(epochs), f"--epochs must be an integer >= 1, got {epochs!r}"),
+        (teacher_epochs is None or positive(teacher_epochs),
+         f"--teacher-epochs must be an integer >= 1, got {teacher_epochs!r}"),
+        (sweep is None or len(sweep[1]) >= 1, "--sweep must give at least one value"),
+        (sweep is None or len({repr(v) for v in sweep[1]}) == len(sweep[1]),
+         f"--sweep names a value twice: {list(sweep[1]) if sweep else ''}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise D3HRError(msg)
+    check_student(student)
+
+
+def _cell_config(base: Config, cell: Cell, out: Path) -> Config:
+    """The cell's run config: ``base`` with the cell's method, IPC, seed, sweep value and run folder (validated)."""
+    items = [nest("select.method", cell.method), nest("select.ipc", cell.ipc), nest("seed", cell.seed),
+             nest("out", str(out / "runs" / cell.name))]
+    if cell.sweep:
+        items.append(nest(*cell.sweep))
+    return load_config(None, items, base=copy.deepcopy(base))
+
+
 def _cell_key(r: dict[str, Any]) -> tuple:
     return (r["method"], r["ipc"], r["seed"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None, r["student"],
             r["epochs"])
@@ -84,10 +130,10 @@ def _earlier_rows(out: Path, dataset: str, student: str) -> list[dict[str, Any]]
     path = out / "results.json"
     if not path.exists():
         return []
-    old = read_json(path)
+    old = check(read_json(path), COMPARE_RESULTS, path)
     if old.get("dataset") != dataset:
         return []
-    return [r for r in old.get("cells", []) if r.get("student") == student]
+    return [r for r in old["cells"] if r["student"] == student]
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,4 +231,5 @@ def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
 
 def load_results(out: str | Path) -> dict[str, Any]:
     """OUT/results.json of a finished compare."""
-    return read_json(Path(out) / "results.json")
+    path = Path(out) / "results.json"
+    return check(read_json(path), COMPARE_RESULTS, path)

@@ -276,6 +276,26 @@ def load_config(
     return cfg
 
 
+def _generator_checks(g: GeneratorConfig) -> list[tuple[bool, str]]:
+    """(ok, message) for the generator's training settings: counts >= 1 (epochs >= 0), rates in range."""
+    v, t = g.vae, g.dit
+    counts = {"vae.latent_channels": v.latent_channels, "vae.layers_per_block": v.layers_per_block,
+              "vae.batch_size": v.batch_size, "dit.num_attention_heads": t.num_attention_heads,
+              "dit.batch_size": t.batch_size, "dit.num_layers": t.num_layers,
+              "dit.attention_head_dim": t.attention_head_dim, "dit.patch_size": t.patch_size}
+    checks = [(n is None or n >= 1, f"generator.{k} must be >= 1, got {n}") for k, n in counts.items()]
+    checks += [(n is None or n >= 0, f"generator.{k} must be >= 0, got {n}")
+               for k, n in (("vae.epochs", v.epochs), ("dit.epochs", t.epochs))]
+    checks += [(v.block_out_channels is None or (len(v.block_out_channels) >= 1 and min(v.block_out_channels) >= 1),
+                f"generator.vae.block_out_channels must be channel counts >= 1, got {v.block_out_channels}"),
+               (v.lr > 0, f"generator.vae.lr must be > 0, got {v.lr}"),
+               (t.lr > 0, f"generator.dit.lr must be > 0, got {t.lr}"),
+               (v.kl_weight >= 0, f"generator.vae.kl_weight must be >= 0, got {v.kl_weight}"),
+               (0 <= t.ema_decay < 1, f"generator.dit.ema_decay must be in [0, 1), got {t.ema_decay}"),
+               (0 <= t.label_dropout < 1, f"generator.dit.label_dropout must be in [0, 1), got {t.label_dropout}")]
+    return checks
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, with a one-line error naming the value."""
     d, s = cfg.diffusion, cfg.select
@@ -315,6 +335,11 @@ def validate(cfg: Config) -> None:
            f"generator.{name}.{b} must be >= 1, got {getattr(part, b)}")
           for name, part in (("vae", cfg.generator.vae), ("dit", cfg.generator.dit)) for b in ("steps", "epochs")],
         (cfg.generate.batch_size >= 1, f"generate.batch_size must be >= 1, got {cfg.generate.batch_size}"),
+        (cfg.data.image_size is None or cfg.data.image_size >= 1,
+         f"data.image_size must be >= 1 (or null: from the data), got {cfg.data.image_size}"),
+        (cfg.generate.save_size is None or cfg.generate.save_size >= 1,
+         f"generate.save_size must be >= 1 (or null: the dataset's resolution), got {cfg.generate.save_size}"),
+        *_generator_checks(cfg.generator),
     ]
     for ok, msg in checks:
         if not ok:

@@ -106,10 +106,10 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
-    """A folder for sibling runs, with a 2-epoch cached teacher (herding must reuse it, not train its own)."""
+    """A folder for sibling runs; a 2-epoch teacher in herding's cache (herding must reuse it, not train its own)."""
     root = tmp_path_factory.mktemp("baselines")
     get_teacher(root / "any-run", DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"),
-                epochs=2)
+                epochs=2, cache=root / "cache-herding")
     return root
 
 
@@ -140,7 +140,7 @@ def test_every_method_writes_ipc_images_per_class_and_a_manifest(method_run, roo
     assert ("invert" in stages) == (run / "stats.safetensors").exists() == (method == "base-rs")
     assert ("generator" in stages) == (method not in NO_GENERATOR)
     if method in NO_GENERATOR:
-        assert not (root / f"cache-{method}").exists()  # no generator trained or loaded: its cache is untouched
+        assert not (root / f"cache-{method}" / "generators").exists()  # no generator trained or loaded
     else:
         assert Path(stages["generator"]["path"]).is_relative_to(os.environ["D3HR_CACHE"])  # the cache in use
     assert (manifest["generator"] is None) == (method in NO_GENERATOR)

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
+from d3hr.config import load_config
+from d3hr.data import load_dataset
 from d3hr.errors import D3HRError
 from d3hr.evaluate import evaluate
+from d3hr.utils.folders import write_marker
 from d3hr.utils.io import read_json, write_json
 
-from .conftest import IPC, TEACHER_EPOCHS, make_run
+from .conftest import IPC, TEACHER_EPOCHS, make_run, write_manifest
 
 FAST = {"epochs": 3, "teacher_epochs": TEACHER_EPOCHS}
 
 
-def _teacher_file(run: Path) -> Path:
-    (found,) = (run.parent / ".teachers").glob("*/convnet.safetensors")
+def _teacher_file() -> Path:
+    (found,) = (Path(os.environ["D3HR_CACHE"]) / "teachers").glob("*/convnet-*.safetensors")
     return found
 
 
@@ -38,10 +43,10 @@ def test_soft_labels_write_records_skip_reruns_and_share_the_teacher(run_dir: Pa
     teacher = results["teachers"]["convnet"]
     assert teacher["epochs"] == TEACHER_EPOCHS and 0.5 < teacher["test_top1"] <= 1.0
     assert teacher["train_images"] == 1437  # the full training split
-    assert read_json(_teacher_file(run_dir).with_suffix(".json"))["test_top1"] == teacher["test_top1"]
+    assert read_json(_teacher_file().with_suffix(".json"))["test_top1"] == teacher["test_top1"]
 
     # Rerun: nothing is retrained; a new seed trains one student against the cached teacher.
-    mtime = _teacher_file(run_dir).stat().st_mtime_ns
+    mtime = _teacher_file().stat().st_mtime_ns
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached teacher was retrained")
@@ -52,13 +57,13 @@ def test_soft_labels_write_records_skip_reruns_and_share_the_teacher(run_dir: Pa
     assert (again["trained"], again["skipped"]) == (0, 2) and again["records"] == out["records"]
     more = evaluate(run_dir, seeds=[0, 1, 2], best_of_last=2, **FAST)
     assert (more["trained"], more["skipped"]) == (1, 2) and more["summary"]["n"] == 3
-    assert _teacher_file(run_dir).stat().st_mtime_ns == mtime
+    assert _teacher_file().stat().st_mtime_ns == mtime
     results = read_json(run_dir / "eval" / "results.json")
     assert len(results["records"]) == 3 and results["summary"][0]["n"] == 3
 
     # A sibling run (another method on the same dataset) is scored against the same teacher.
     sibling = evaluate(make_run(run_dir.parent / "sibling", ipc=2), seeds=1, **FAST)
-    assert sibling["teacher"]["path"] == str(_teacher_file(run_dir))
+    assert sibling["teacher"]["path"] == str(_teacher_file())
     with pytest.raises(D3HRError, match="trained for 2 epochs, not 5"):
         evaluate(run_dir, seeds=[7], epochs=3, teacher_epochs=5)
 
@@ -67,16 +72,48 @@ def test_hard_labels_need_no_teacher(run_dir: Path) -> None:
     out = evaluate(run_dir, labels="hard", seeds=1, epochs=2)
     (rec,) = out["records"]
     assert rec["labels"] == "hard" and rec["teacher"] is None and "temperature" not in rec["setup"]
-    assert out["teacher"] is None and not (run_dir.parent / ".teachers").exists()
+    assert out["teacher"] is None and not (Path(os.environ["D3HR_CACHE"]) / "teachers").exists()
     assert read_json(run_dir / "eval" / "results.json")["summary"][0]["labels"] == "hard"
 
 
 def test_changed_images_are_new_records(run_dir: Path) -> None:
     evaluate(run_dir, labels="hard", seeds=1, epochs=1)
     shutil.copy(run_dir / "images" / "0_0" / "00000.png", run_dir / "images" / "0_0" / "00099.png")
+    write_manifest(run_dir)  # a new image set, as a re-distillation writes it
     out = evaluate(run_dir, labels="hard", seeds=1, epochs=1)
-    assert out["trained"] == 1
+    assert out["trained"] == 1 and out["records"][0]["train_images"] == 10 * IPC + 1
     assert len(read_json(run_dir / "eval" / "results.json")["summary"]) == 2
+
+
+def test_only_the_manifest_images_are_trained_on(run_dir: Path) -> None:
+    """A file added under RUN/images is left out; a listed image that changed or is missing is refused."""
+    first = evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    shutil.copy(run_dir / "images" / "0_0" / "00000.png", run_dir / "images" / "0_0" / "00099.jpg")
+    again = evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    assert again["skipped"] == 1 and again["records"] == first["records"]  # the same image set: nothing retrained
+    assert again["records"][0]["train_images"] == 10 * IPC
+    target = run_dir / "images" / "3_3" / "00001.png"
+    target.write_bytes((run_dir / "images" / "3_3" / "00002.png").read_bytes())
+    with pytest.raises(D3HRError, match="00001.png differs from its sha256 in .*manifest.json"):
+        evaluate(run_dir, labels="hard", seeds=[5], epochs=1)
+    target.unlink()
+    with pytest.raises(D3HRError, match="00001.png is listed in .*manifest.json but missing"):
+        evaluate(run_dir, labels="hard", seeds=[5], epochs=1)
+
+
+def test_a_teacher_beside_the_runs_from_earlier_versions_is_still_used(run_dir: Path) -> None:
+    from d3hr.evaluate.teacher import teacher_path
+
+    evaluate(run_dir, seeds=1, **FAST)
+    cached = _teacher_file()
+    legacy = run_dir.parent / ".teachers" / cached.parent.name / "convnet.safetensors"
+    legacy.parent.mkdir(parents=True)
+    shutil.move(cached, legacy)
+    cfg = load_config(run_dir / "config.yaml")
+    test = load_dataset(cfg.data, "test")
+    assert teacher_path(run_dir, cfg.data, test, "convnet") == legacy
+    out = evaluate(run_dir, seeds=[1], **FAST)
+    assert out["teacher"]["path"] == str(legacy) and not list(cached.parent.glob("*.safetensors"))
 
 
 def test_bad_runs_are_one_line_errors(run_dir: Path, tmp_path: Path) -> None:
@@ -87,7 +124,7 @@ def test_bad_runs_are_one_line_errors(run_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(D3HRError, match="unknown student"):
         evaluate(run_dir, student="convnett", labels="hard")
     shutil.rmtree(run_dir / "images" / "9_9")
-    with pytest.raises(D3HRError, match="9 class folders but dataset 'digits' has 10 classes"):
+    with pytest.raises(D3HRError, match="9_9/00000.png is listed in .* but missing"):
         evaluate(run_dir, labels="hard", seeds=1, epochs=1)
     shutil.rmtree(run_dir / "images")
     with pytest.raises(D3HRError, match="does not exist: distill the run first"):
@@ -103,11 +140,19 @@ def test_soft_labels_learn(run_dir: Path) -> None:
 
 
 def test_manifest_must_match_the_folders(run_dir: Path) -> None:
-    folders = [f"{c}_{c}" for c in range(10)]
-    write_json(run_dir / "manifest.json", {"classes": {str(c): str(c) for c in range(10)},
-                                           "class_folders": [*folders[:9], "9_nine"]})
-    with pytest.raises(D3HRError, match="do not match 'class_folders'"):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    write_json(run_dir / "manifest.json", {**manifest, "class_folders": [*manifest["class_folders"][:9], "9_nine"]})
+    with pytest.raises(D3HRError, match="lists no images in the class folder .*9_nine"):
         evaluate(run_dir, labels="hard", seeds=1, epochs=1)
-    write_json(run_dir / "manifest.json", {"classes": {str(c): f"digit {c}" for c in range(10)}})
+    write_json(run_dir / "manifest.json", {**manifest, "classes": {str(c): f"digit {c}" for c in range(10)}})
     with pytest.raises(D3HRError, match="lists other classes than dataset 'digits'"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    write_json(run_dir / "manifest.json", {**manifest, "classes": list(manifest["classes"].values())})
+    with pytest.raises(D3HRError, match=r"manifest.json: \['classes'\] must be an object, got a list"):
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    (run_dir / "manifest.json").unlink()
+    with pytest.raises(D3HRError, match="is not a run folder"):  # nothing says d3hr wrote it
+        evaluate(run_dir, labels="hard", seeds=1, epochs=1)
+    write_marker(run_dir, "run")  # a run d3hr started but did not finish
+    with pytest.raises(D3HRError, match="has no manifest.json: distill the run first"):
         evaluate(run_dir, labels="hard", seeds=1, epochs=1)

@@ -43,7 +43,7 @@ from d3hr.distill.group import select_groups
 from d3hr.distill.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, build_small, load_generator, save_generator
-from d3hr.generator.model import INFO_FILE, generator_shape
+from d3hr.generator.model import INFO_FILE, SMALL_SCHEDULE, generator_shape
 from d3hr.generator.train import (
     encode_dataset,
     heldout_split,
@@ -52,7 +52,8 @@ from d3hr.generator.train import (
     train_dit,
     train_vae,
 )
-from d3hr.utils.dist import get_world, rank_device
+from d3hr.utils.dist import check_device, get_world, rank_device
+from d3hr.utils.folders import RUN_LISTED, cache_dir, claim, writable_cache
 from d3hr.utils.io import (
     atomic_path,
     load_tensors,
@@ -65,6 +66,8 @@ from d3hr.utils.io import (
     write_text,
 )
 from d3hr.utils.progress import progress, say
+from d3hr.utils.schema import GENERATOR_POINTER, check
+from d3hr.utils.schema import STAGES as STAGES_SPEC
 from d3hr.utils.seeding import derive_seed, generator_for
 
 FORMAT_VERSION = 1
@@ -87,10 +90,9 @@ def _peak_rss_mb() -> float:
 
 
 def cache_root(cfg: Config) -> Path:
-    """Where trained generators are cached: generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr."""
-    if cfg.generator.cache_dir:
-        return Path(cfg.generator.cache_dir)
-    return Path(os.environ.get("D3HR_CACHE") or Path.home() / ".cache" / "d3hr")
+    """Where trained generators, statistics and teachers are cached: generator.cache_dir, else $D3HR_CACHE, else
+    ~/.cache/d3hr."""
+    return cache_dir(cfg.generator.cache_dir)
 
 
 class Run:
@@ -100,8 +102,13 @@ class Run:
         if cfg.diffusion.guidance_scale is None:
             cfg.diffusion.guidance_scale = 4.0 if cfg.generator.path is not None else 1.0
         validate(cfg)
+        self.cfg = cfg
+        self.root = Path(cfg.out)
+        check_device(cfg.device)
         self.world = get_world(cfg.device)  # torchrun: K processes; otherwise a world of one
-        self.device = torch.device(rank_device(cfg.device, self.world))
+        self.device = torch.device(check_device(rank_device(cfg.device, self.world)))
+        if cfg.generator.path is None and self.method in GENERATOR_METHODS:
+            self._check_num_steps(SMALL_SCHEDULE["num_train_timesteps"])  # the schedule of a generator trained here
         # Shapes from the data and the generator: what is inferred is said once and written to config.yaml.
         raw = load_raw(cfg.data, "train")
         side, channels = generator_shape(cfg.generator.path) if cfg.generator.path is not None else (None, None)
@@ -109,12 +116,9 @@ class Run:
         validate(cfg)
         if self.world.is_main:
             say(self.data_note)
-        self.cfg = cfg
-        self.root = Path(cfg.out)
         self._train: ImageSet = raw.reshaped(cfg.data.resolution, cfg.data.channels)
         self._fingerprint = fingerprint(raw, cfg.data.fingerprint)  # the files as found: content, not path
         self._gen: Generator | None = None
-        self._lock_fd: int | None = None
 
     # ----- bookkeeping -------------------------------------------------------------------------------------
     @property
@@ -122,7 +126,7 @@ class Run:
         return self.root / "stages.json"
 
     def state(self) -> dict[str, Any]:
-        return read_json(self.state_file) if self.state_file.is_file() else {}
+        return check(read_json(self.state_file), STAGES_SPEC, self.state_file) if self.state_file.is_file() else {}
 
     def _record(self, stage: str, key: str, seconds: float, **extra: Any) -> None:
         if not self.world.is_main:
@@ -154,7 +158,10 @@ class Run:
                 os.close(fd)
 
     def _lock(self) -> int:
-        self.root.mkdir(parents=True, exist_ok=True)
+        if self.method in INVERT_METHODS or self.method == "herding" or (
+                self.method in GENERATOR_METHODS and self.cfg.generator.path is None):
+            writable_cache(cache_root(self.cfg))  # generators, statistics and teachers are cached there
+        claim(self.root, "run")  # an empty or new folder, or a d3hr run: never a folder of the user's
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -213,6 +220,23 @@ class Run:
     def train_set(self) -> ImageSet:
         return self._train
 
+    def check_data(self, ipc: bool = True) -> None:
+        """Refuse, before any training, classes the method cannot distill: fewer than 3 training images for
+        statistics (inverting methods) and, with ``ipc``, fewer than ipc unless select.allow_short_classes."""
+        ds, s = self.train_set, self.cfg.select
+        counts = ds.class_counts().tolist()
+        if self.method in INVERT_METHODS:
+            for c, n in enumerate(counts):
+                if n < 3:
+                    raise D3HRError(f"class '{ds.classes[c]}' has {n} training images; statistics need at least 3")
+        if ipc:
+            _short_classes(ds.classes, counts, s.ipc, s.allow_short_classes)
+
+    def _check_num_steps(self, total: int) -> None:
+        if self.cfg.diffusion.num_steps > total:
+            raise D3HRError(f"diffusion.num_steps={self.cfg.diffusion.num_steps} exceeds the generator's {total} "
+                            "training timesteps")
+
     def data_identity(self) -> dict[str, Any]:
         d = self.cfg.data
         root = str(Path(d.root).resolve()) if d.root else None
@@ -236,7 +260,9 @@ class Run:
     def generator(self) -> Generator:
         if self._gen is None:
             self.stage_generator()
-            self._gen = load_generator(self.generator_dir(), self.device, self.cfg.diffusion.precision)
+            gen = load_generator(self.generator_dir(), self.device, self.cfg.diffusion.precision)
+            self._check_num_steps(len(gen.alphas_cumprod))
+            self._gen = gen
         return self._gen
 
     def class_labels(self, gen: Generator) -> torch.Tensor:
@@ -351,6 +377,7 @@ class Run:
         Under torchrun, rank r inverts batches r, r + K, r + 2K, ...; rank 0 merges every batch's moments in batch
         order, exactly as one process does, so the statistics are the same bytes.
         """
+        self.check_data(ipc=False)
         out = self.root / "stats.safetensors"
         key = self.invert_key()
         cached = cache_root(self.cfg) / "stats" / f"{key[:16]}.safetensors"
@@ -382,10 +409,6 @@ class Run:
         gen = self.generator()
         t0 = time.time()
         ds, d = self.train_set, self.cfg.diffusion
-        counts = ds.class_counts()
-        for c, n in enumerate(counts):
-            if n < 3:
-                raise D3HRError(f"class '{ds.classes[c]}' has {n} training images; statistics need at least 3")
         labels_map = self.class_labels(gen)
         grid, eps_fn = self.grid(gen), self.eps_fn(gen)
         num_classes, dim = len(ds.classes), int(np.prod(gen.latent_shape))
@@ -476,6 +499,7 @@ class Run:
 
     def stage_select(self) -> Path:
         """Choose IPC latents (or real images) per class: group sampling, Base-RS or a baseline."""
+        self.check_data()
         if self.method in INVERT_METHODS:
             self.stage_invert()
         out = self.root / "selection.safetensors"
@@ -587,11 +611,11 @@ class Run:
         say(f"[select] {method}: {int(tensors['count'].sum())} {'latents' if latent_rows else 'images'}")
 
     def _herding_teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The evaluation teacher (cached beside the run, trained on the full training split if missing)."""
+        """The evaluation teacher (from the cache, trained on the full training split if missing)."""
         from d3hr.evaluate.teacher import get_teacher
 
         return get_teacher(self.root, self.cfg.data, load_dataset(self.cfg.data, "test"), HERDING_TEACHER,
-                           device=self.device)
+                           device=self.device, cache=cache_root(self.cfg))
 
     def _encode(self, gen: Generator, idx: np.ndarray) -> torch.Tensor:
         """VAE posterior means z0 (n, c, h, w) of the training images at ``idx``, in batches of diffusion.batch_size."""
@@ -629,7 +653,7 @@ class Run:
         partial = self.root / "images.partial"
         key_file = partial / ".key.json"
         if self.world.is_main:
-            if not key_file.is_file() or read_json(key_file).get("key") != key:
+            if not key_file.is_file() or _key_of(read_json(key_file)) != key:
                 shutil.rmtree(partial, ignore_errors=True)
                 partial.mkdir(parents=True)
                 write_json(key_file, {"key": key})
@@ -667,18 +691,18 @@ class Run:
         return out
 
     def write_manifest(self) -> Path:
-        """manifest.json: format, dataset, classes, method, ipc, seeds, versions and the sha256 of every file."""
+        """manifest.json: format, dataset, classes, method, ipc, seeds, versions and the sha256 of every file d3hr
+        wrote (RUN_LISTED and the PNGs generate saved): nothing else in the folder is listed as the run's."""
         import diffusers
 
         if not self.world.is_main:
             return self.root / "manifest.json"
         ds = self.train_set
-        files = {}
-        for p in sorted(self.root.rglob("*")):
-            rel = p.relative_to(self.root).as_posix()
-            if p.is_file() and rel not in ("manifest.json", ".lock") and not rel.startswith(("eval/", "report")) \
-                    and ".partial" not in rel and ".tmp" not in rel:
-                files[rel] = sha256_file(p)
+        files = {name: sha256_file(self.root / name) for name in RUN_LISTED if (self.root / name).is_file()}
+        for rel in self._written_images(_class_folders(ds.classes)):
+            if not (self.root / rel).is_file():
+                raise D3HRError(f"{self.root / rel} is missing; delete {self.root / 'images'} to generate it again")
+            files[rel] = sha256_file(self.root / rel)
         select = self.state().get("select", {})
         pointer = self.root / "generator.json"
         manifest = {
@@ -691,7 +715,8 @@ class Run:
             "ipc": self.cfg.select.ipc,
             "short_classes": select.get("short_classes", {}),
             "seeds": {"seed": self.cfg.seed},
-            "generator": read_json(pointer) if self.method in GENERATOR_METHODS and pointer.is_file() else None,
+            "generator": (check(read_json(pointer), GENERATOR_POINTER, pointer)
+                          if self.method in GENERATOR_METHODS and pointer.is_file() else None),
             "versions": {"d3hr": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
                          "python": platform.python_version()},
             "stages": self.state(),
@@ -699,6 +724,17 @@ class Run:
         }
         write_json(self.root / "manifest.json", manifest)
         return self.root / "manifest.json"
+
+    def _written_images(self, folders: list[str]) -> list[str]:
+        """images/<class folder>/NNNNN.png as generate saved them: the selection's count per class (ipc by default)."""
+        import json
+
+        from safetensors import safe_open
+
+        with safe_open(str(self.root / "selection.safetensors"), framework="pt") as f:
+            counts = (f.get_tensor("count").tolist() if "count" in f.keys()
+                      else [json.loads((f.metadata() or {})["d3hr"])["ipc"]] * len(folders))
+        return [f"images/{folder}/{i:05d}.png" for folder, n in zip(folders, counts) for i in range(int(n))]
 
 
 def _short_classes(classes: list[str], counts: list[int], ipc: int, allow: bool) -> dict[str, int]:
@@ -710,6 +746,11 @@ def _short_classes(classes: list[str], counts: list[int], ipc: int, allow: bool)
         raise D3HRError(f"class '{name}' has {n} training images, fewer than ipc={ipc}{more}; "
                         "pass --allow-short-classes to distill it anyway")
     return short
+
+
+def _key_of(record: Any) -> Any:
+    """The 'key' of a JSON record of partial state; None when the record has another shape (the state is redone)."""
+    return record.get("key") if isinstance(record, dict) else None
 
 
 def _pad(rows: list[torch.Tensor], ipc: int, fill: float) -> torch.Tensor:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from d3hr.errors import D3HRError
 from d3hr.utils.io import read_json, sha256_json, write_json
+from d3hr.utils.schema import RESULTS, check
 
 FORMAT_VERSION = 1
 KEY_FIELDS = ("student", "labels", "teacher", "epochs", "seed", "images_sha256", "setup")
@@ -44,9 +44,9 @@ def read_results(path: Path) -> dict[str, Any]:
     """results.json, or an empty one when there is none yet."""
     if not path.is_file():
         return {"format_version": FORMAT_VERSION, "run": {}, "teachers": {}, "records": [], "summary": []}
-    data = read_json(path)
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
-        raise D3HRError(f"{path} is not a d3hr results file (no 'records' list)")
+    data = check(read_json(path), RESULTS, path)
+    data.setdefault("teachers", {})
+    data.setdefault("summary", summarise(data["records"]))
     return data
 
 

@@ -26,9 +26,11 @@ from d3hr.evaluate.results import append_record, read_results, record_key, summa
 from d3hr.evaluate.students import check_student, create_student
 from d3hr.evaluate.teacher import flip_default, get_teacher
 from d3hr.evaluate.train import TrainSetup, train_model
-from d3hr.utils.dist import get_world, rank_device
+from d3hr.utils.dist import check_device, get_world, rank_device
+from d3hr.utils.folders import cache_dir, owns, writable_cache
 from d3hr.utils.io import read_json, sha256_file
 from d3hr.utils.progress import say
+from d3hr.utils.schema import check_manifest
 from d3hr.utils.seeding import derive_seed
 
 LABELS = ("soft", "hard")
@@ -43,12 +45,13 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft"
 
     ``labels``: 'soft' (KL to the teacher at ``temperature``, RDED / D3HR protocol) or 'hard' (cross-entropy).
     ``seeds``: a count (seeds 0..n-1) or the seeds; seed s fixes the student's init, data order and augmentation.
-    ``teacher``: architecture of the soft-label teacher (default 'convnet'), cached in RUN/../.teachers.
+    ``teacher``: architecture of the soft-label teacher (default 'convnet'), cached in the d3hr cache.
     ``flip``: horizontal flips; None: on, except for digits and MNIST. ``best_of_last`` > 0 also records the best
     top-1 over the last that many epochs (the authors' number; labelled as such). Returns the records of these seeds,
     their summary, the teacher used and how many records were trained or skipped.
     """
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    check_device(str(device))
     world = get_world(str(device))  # torchrun: students and teacher train with DDP, rank 0 writes the records
     device = rank_device(str(device), world)
     _check_args(labels, seed_list, epochs, batch_size, precision, best_of_last)
@@ -58,6 +61,9 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft"
             check_student(name)
     root = Path(run_dir)
     cfg, test, manifest = _open_run(root)
+    cache = cache_dir(cfg.generator.cache_dir)
+    if teacher is not None:
+        writable_cache(cache)
     images, targets, digest = read_run_images(root, test, manifest)
     flip = flip_default(cfg.data.name) if flip is None else flip
     setup = TrainSetup(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -75,7 +81,7 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str = "soft"
     todo = [s for s in seed_list if record_key({**base, "seed": s}) not in done]
     teacher_model, teacher_info = None, None
     if todo and teacher is not None:
-        teacher_model, teacher_info = get_teacher(root, cfg.data, test, teacher, teacher_epochs, device)
+        teacher_model, teacher_info = get_teacher(root, cfg.data, test, teacher, teacher_epochs, device, cache)
     test_pixels, test_targets = test.load(range(len(test))), torch.as_tensor(test.targets)
     run_info = {"dataset": cfg.data.name, "classes": test.classes, "method": manifest.get("method"),
                 "ipc": manifest.get("ipc")}
@@ -124,45 +130,61 @@ def _check_args(labels: str, seeds: list[int], epochs: int, batch_size: int, pre
 
 
 def _open_run(root: Path) -> tuple[Config, ImageSet, dict[str, Any]]:
-    """The run's config, the real test split of its dataset and its manifest ({} when there is none).
+    """The run's config, the real test split of its dataset and its manifest (checked).
 
     Evaluation happens at the side the images were saved at: ``cfg.data.resolution`` is set to
     ``generate.save_size`` when the run gave one, so that the test split, the teacher and the students agree.
     """
-    if not (root / "config.yaml").is_file():
-        raise D3HRError(f"{root} is not a run folder (no config.yaml)")
+    if not (root / "config.yaml").is_file() or not owns(root, "run"):
+        raise D3HRError(f"{root} is not a run folder (no config.yaml, or not written by d3hr)")
+    if not (root / "manifest.json").is_file():
+        raise D3HRError(f"{root} has no manifest.json: distill the run first")
     cfg = load_config(root / "config.yaml")
     cfg.data.resolution = cfg.generate.save_size or cfg.data.resolution
-    manifest = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
+    manifest = check_manifest(read_json(root / "manifest.json"), root / "manifest.json")
     return cfg, load_dataset(cfg.data, "test"), manifest
 
 
 def read_run_images(root: Path, test: ImageSet, manifest: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """RUN/images as an ImageFolder: (N, C, H, W) uint8 at the dataset's resolution and channels, (N,) class
-    indices from the sorted folder names (checked against the manifest), and a sha256 over the files (names and
-    bytes) that keys the records."""
-    folder = root / "images"
+    """Exactly the images the manifest lists under RUN/images/<class folder>/, in class order then name order:
+    (N, C, H, W) uint8 at the dataset's resolution and channels, (N,) class indices, and a sha256 over the files
+    (names and bytes) that keys the records.
+
+    A listed image that is missing or whose sha256 differs from the manifest is a one-line error (the hashes are
+    computed for the key anyway); files the manifest does not list are left out (``d3hr verify`` reports them)."""
+    folder, manifest_path = root / "images", root / "manifest.json"
     if not folder.is_dir():
         raise D3HRError(f"{folder} does not exist: distill the run first")
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if len(class_dirs) != len(test.classes):
-        raise D3HRError(f"{folder} has {len(class_dirs)} class folders but dataset '{test.name}' has "
+    classes = [manifest["classes"][str(c)] for c in range(len(manifest["classes"]))]
+    if classes != test.classes:
+        raise D3HRError(f"{manifest_path} lists other classes than dataset '{test.name}'")
+    listed = {rel: digest for rel, digest in manifest["files"].items()
+              if rel.startswith("images/") and rel.count("/") == 2 and Path(rel).suffix.lower() in IMAGE_SUFFIXES}
+    folders = manifest.get("class_folders") or sorted({rel.split("/")[1] for rel in listed})
+    if len(folders) != len(test.classes):
+        raise D3HRError(f"{manifest_path} lists {len(folders)} class folders but dataset '{test.name}' has "
                         f"{len(test.classes)} classes")
-    if "classes" in manifest and list(manifest["classes"].values()) != test.classes:
-        raise D3HRError(f"{root / 'manifest.json'} lists other classes than dataset '{test.name}'")
-    if "class_folders" in manifest and manifest["class_folders"] != [p.name for p in class_dirs]:
-        raise D3HRError(f"the class folders in {folder} do not match 'class_folders' in {root / 'manifest.json'}")
     files: list[Path] = []
     targets: list[int] = []
-    for c, class_dir in enumerate(class_dirs):
-        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not found:
-            raise D3HRError(f"class folder {class_dir} has no images")
-        files += found
-        targets += [c] * len(found)
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(folder).as_posix()}:{sha256_file(f)}\n".encode())
+    for c, name in enumerate(folders):
+        found = sorted(rel for rel in listed if rel.split("/")[1] == name)
+        if not found:
+            raise D3HRError(f"{manifest_path} lists no images in the class folder {folder / name}")
+        for rel in found:
+            path = root / rel
+            if not path.is_file():
+                raise D3HRError(f"{path} is listed in {manifest_path} but missing; check the run with d3hr verify")
+            digest = sha256_file(path)
+            if digest != listed[rel]:
+                raise D3HRError(f"{path} differs from its sha256 in {manifest_path}; check the run with d3hr verify")
+            h.update(f"{Path(rel).relative_to('images').as_posix()}:{digest}\n".encode())
+        files += [root / rel for rel in found]
+        targets += [c] * len(found)
+    unlisted = sum(1 for p in folder.rglob("*") if p.is_file()) - len(files)
+    if unlisted > 0:
+        say(f"[evaluate] {unlisted} file(s) under {folder} are not in the manifest and are left out (d3hr verify "
+            "lists them)")
     ds = ImageSet("run", test.classes, np.asarray(targets, dtype=np.int64), test.channels, test.resolution,
                   files=files)
     return ds.load(range(len(ds))), torch.as_tensor(ds.targets), h.hexdigest()

@@ -1,16 +1,20 @@
 """The teacher that gives soft labels: trained once per dataset on the full training set, cached, shared by every
 method evaluated beside it.
 
-Cache layout, in the parent folder of the run (so that sibling runs of every method share it)::
+Cache layout, in d3hr's cache (generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr), shared by every run and
+method on the dataset; the recipe key changes when the training recipe does::
 
-    RUN/../.teachers/<dataset-key>/<arch>.safetensors   weights + metadata (JSON-encoded)
-    RUN/../.teachers/<dataset-key>/<arch>.json          the same metadata, readable: test top-1, epochs, seconds
+    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>.safetensors   weights + metadata (JSON-encoded)
+    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>.json          the same metadata, readable: test top-1, epochs
+
+A teacher cached by earlier versions beside the run, in RUN/../.teachers/<dataset-key>/<arch>.safetensors, is still
+found and used (the run folder's parent is never written to any more).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +22,8 @@ import torch
 from torch import nn
 
 from d3hr.config import DataConfig
-from d3hr.data import load_dataset
+from d3hr.data import load_dataset, load_raw
+from d3hr.data.identity import fingerprint
 from d3hr.data.images import ImageSet
 from d3hr.errors import D3HRError
 from d3hr.evaluate.augment import Augment
@@ -26,6 +31,7 @@ from d3hr.evaluate.results import file_lock
 from d3hr.evaluate.students import create_student
 from d3hr.evaluate.train import TrainSetup, train_model
 from d3hr.utils.dist import get_world
+from d3hr.utils.folders import cache_dir
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json, write_json
 from d3hr.utils.progress import say
 
@@ -43,15 +49,32 @@ def flip_default(dataset: str) -> bool:
 
 
 def dataset_key(data: DataConfig, ds: ImageSet) -> str:
-    """``<name>-<hash>`` naming one dataset at one resolution: the teacher cache folder."""
+    """``<name>-<hash>`` naming one dataset (its training and test images, by content: d3hr.data.identity) at one
+    resolution: the teacher cache folder."""
     root = str(Path(data.root).resolve()) if data.root else None
-    ident = {"name": data.name, "root": root, "resolution": ds.resolution, "channels": ds.channels}
+    train = load_raw(replace(data, limit=None), "train")
+    ident = {"name": data.name, "root": root, "resolution": ds.resolution, "channels": ds.channels,
+             "train": fingerprint(train, data.fingerprint), "test": fingerprint(ds, data.fingerprint)}
     return f"{data.name}-{sha256_json(ident)[:12]}"
 
 
-def teacher_path(run_dir: Path, data: DataConfig, test: ImageSet, arch: str) -> Path:
-    """Where the teacher of ``arch`` for this dataset is cached: beside the run, in ``../.teachers``."""
-    return run_dir.resolve().parent / ".teachers" / dataset_key(data, test) / f"{arch}.safetensors"
+def recipe_key() -> str:
+    """A short hash of how teachers are trained (seed, batch, crop scale, optimizer defaults): a new recipe trains a
+    new teacher instead of reusing one trained otherwise."""
+    setup = asdict(TrainSetup(epochs=1, batch_size=TEACHER_BATCH))
+    del setup["epochs"]  # a teacher of other epochs is the same recipe: get_teacher reports the mismatch
+    return sha256_json({"seed": TEACHER_SEED, "crop_scale": TEACHER_CROP_SCALE, "setup": setup})[:8]
+
+
+def teacher_path(run_dir: Path, data: DataConfig, test: ImageSet, arch: str, cache: str | Path | None = None) -> Path:
+    """Where the teacher of ``arch`` for this dataset is: in the cache ``cache`` (default: $D3HR_CACHE or
+    ~/.cache/d3hr), keyed by dataset and recipe; or, when an earlier version left one there, RUN/../.teachers."""
+    key = dataset_key(data, test)
+    legacy = run_dir.resolve().parent / ".teachers" / key / f"{arch}.safetensors"
+    if legacy.is_file():
+        return legacy
+    root = cache_dir(str(cache) if cache is not None else None)
+    return root / "teachers" / key / f"{arch}-{recipe_key()}.safetensors"
 
 
 def _build(arch: str, num_classes: int, channels: int, resolution: int, device: torch.device) -> nn.Module:
@@ -72,13 +95,15 @@ def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
 
 
 def get_teacher(run_dir: Path, data: DataConfig, test: ImageSet, arch: str = "convnet", epochs: int | None = None,
-                device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The cached teacher for the run's dataset, trained first (on the full training split) if there is none.
+                device: torch.device | str = "cpu",
+                cache: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The cached teacher for the run's dataset, trained first (on the full training split) if there is none;
+    ``cache``: d3hr's cache folder (default $D3HR_CACHE or ~/.cache/d3hr), see ``teacher_path``.
 
     ``epochs`` None: the cached teacher whatever its epochs, or a new one with the dataset's default. A cached
     teacher trained for other ``epochs`` than asked is an error (it is shared: delete it to retrain).
     """
-    path = teacher_path(run_dir, data, test, arch)
+    path = teacher_path(run_dir, data, test, arch, cache)
     device = torch.device(device)
     train_epochs = epochs or TEACHER_EPOCHS.get(data.name, DEFAULT_TEACHER_EPOCHS)
     world = get_world()

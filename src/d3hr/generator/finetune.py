@@ -22,7 +22,8 @@ from d3hr.data import load_raw, resolve_config
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator, load_generator, save_generator
 from d3hr.generator.train import encode_dataset, train_dit, train_vae
-from d3hr.utils.dist import get_world, rank_device
+from d3hr.utils.dist import check_device, get_world, rank_device
+from d3hr.utils.folders import claim, write_marker
 from d3hr.utils.io import replace_dir
 from d3hr.utils.progress import say
 
@@ -59,10 +60,15 @@ def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
         raise D3HRError("finetune needs --generator (a diffusers directory or hub id)")
     if not g.dit.epochs or g.dit.epochs < 1:
         raise D3HRError(f"finetune needs --epochs >= 1, got {g.dit.epochs}")
+    if vae_epochs < 0:
+        raise D3HRError(f"finetune needs --vae-epochs >= 0, got {vae_epochs}")
+    check_device(cfg.device)
     out = Path(out)
+    world = get_world(cfg.device)  # torchrun: data parallel over the ranks (d3hr.generator.train), rank 0 writes
+    if world.is_main:
+        claim(out, "generator", create=False)  # new, empty, or a generator fine-tuned here: never the user's
     partial = out.with_name(out.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
-    world = get_world(cfg.device)  # torchrun: data parallel over the ranks (d3hr.generator.train), rank 0 writes
     device = torch.device(rank_device(cfg.device, world))
     gen = load_generator(g.path, device)
     raw = load_raw(cfg.data, "train")
@@ -106,5 +112,6 @@ def _save(gen: Generator, partial: Path, out: Path) -> None:
     model = partial / "model"
     shutil.rmtree(model, ignore_errors=True)
     save_generator(gen.eval(), model)
+    write_marker(model, "generator")
     replace_dir(model, out)
     shutil.rmtree(partial, ignore_errors=True)

@@ -18,6 +18,8 @@ from d3hr.errors import D3HRError
 from d3hr.utils.io import write_json
 
 INFO_FILE = "d3hr_generator.json"
+# The diffusion schedule of generators trained here (and of DiT): 1000 training steps, linear beta.
+SMALL_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
 
 @dataclass
@@ -147,7 +149,7 @@ def build_small(num_classes: int, channels: int, image_size: int, block_out_chan
         out_channels=latent_channels, num_layers=num_layers, sample_size=latent_size, patch_size=patch_size,
         num_embeds_ada_norm=num_classes,
     )
-    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    schedule = dict(SMALL_SCHEDULE)
     return Generator(vae, dit, make_alphas_cumprod(**schedule), schedule)
 
 
@@ -180,7 +182,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu", preci
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise D3HRError(f"cannot load generator {source}: {first}") from None
-    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+    schedule = dict(SMALL_SCHEDULE)  # DiT's, when the directory has no scheduler config
     sched_file = local / "scheduler" / "scheduler_config.json"
     if sched_file.is_file():
         conf = json.loads(sched_file.read_text())

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from d3hr.errors import D3HRError
 from d3hr.utils.io import atomic_path
 
 
@@ -20,8 +21,11 @@ def class_row(folder: str | Path, per_class: int = 10, max_side: int | None = No
     fewer; None when it has none. Tiles larger than ``max_side`` are shrunk to it (for large images in reports)."""
     tiles = []
     for p in sorted(Path(folder).glob("*.png"))[:per_class]:
-        with Image.open(p) as im:
-            tiles.append(im.convert("RGB"))
+        try:
+            with Image.open(p) as im:
+                tiles.append(im.convert("RGB"))
+        except (OSError, SyntaxError) as exc:  # truncated or not an image (PIL raises SyntaxError for some)
+            raise D3HRError(f"{p} is not a readable image: {exc}".splitlines()[0]) from None
     if not tiles:
         return None
     w, h = tiles[0].size

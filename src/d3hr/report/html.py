@@ -22,9 +22,11 @@ from d3hr.errors import D3HRError
 from d3hr.evaluate.results import read_results
 from d3hr.report.grid import class_folders, class_row
 from d3hr.utils.io import atomic_path, load_tensors, read_json
+from d3hr.utils.schema import STAGES, Obj, check, check_manifest
 
 STAGE_ORDER = ("generator", "invert", "select", "generate")
 TILE_MAX = 64  # report tiles larger than this are shrunk (keeps ImageNet-sized runs to a readable file size)
+CONFIG_SECTIONS = Obj({}, {name: dict for name in ("data", "generator", "diffusion", "select", "generate")})
 MIN_COUNT = 20  # classes with fewer inverted images are left out of the histograms, as normality_summary does
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:72em;padding:0 1em;color:#222}
@@ -47,9 +49,10 @@ def write_report(run_dir: str | Path, per_class: int = 10, max_classes: int = 10
         raise D3HRError(f"run folder not found: {root}")
     if not (root / "manifest.json").is_file():
         raise D3HRError(f"{root} has no manifest.json: distill the run first")
-    manifest = read_json(root / "manifest.json")
+    manifest = check_manifest(read_json(root / "manifest.json"), root / "manifest.json")
     config = _read_config(root / "config.yaml")
-    stages = read_json(root / "stages.json") if (root / "stages.json").is_file() else manifest.get("stages") or {}
+    stages = (check(read_json(root / "stages.json"), STAGES, root / "stages.json") if (root / "stages.json").is_file()
+              else manifest.get("stages") or {})
     stats = load_tensors(root / "stats.safetensors") if (root / "stats.safetensors").is_file() else None
     classes = _class_names(manifest, stats)
     body = [
@@ -77,7 +80,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except Exception as exc:  # YAMLError, and what PyYAML's constructors raise
         raise D3HRError(f"config file {path} is not valid YAML: {exc}".splitlines()[0]) from None
-    return data if isinstance(data, dict) else {}
+    return check(data, CONFIG_SECTIONS, path) if data is not None else {}
 
 
 def _class_names(manifest: dict[str, Any], stats: tuple[dict, dict[str, Any]] | None) -> list[str]:

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from d3hr.errors import D3HRError
+
 T = TypeVar("T")
 
 
@@ -109,6 +111,26 @@ def get_world(device: str = "cpu") -> World:
         os.environ["D3HR_QUIET"] = "1"
     _WORLD = World(rank, size, local)
     return _WORLD
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it (cpu, cuda, cuda:N, mps); else a one-line D3HRError naming it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise D3HRError(f"unknown device {device!r}: use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise D3HRError(f"device {device!r}: no CUDA GPU is available here (use --device cpu)")
+        if dev.index is not None and dev.index >= count:
+            raise D3HRError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise D3HRError(f"device {device!r}: MPS is not available here (use --device cpu)")
+    elif dev.type != "cpu":
+        raise D3HRError(f"unsupported device {device!r}: use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def rank_device(device: str, world: World) -> str:
