@@ -35,8 +35,9 @@ from d3hr.config import load_config
 from d3hr.data import fit_to_model, fit_to_saved
 from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_invert, ddim_sample
-from d3hr.distill.pipeline import Run, _class_folders, _save_class_pngs
+from d3hr.distill.pipeline import Run
 from d3hr.evaluate.runner import _open_run, evaluate, read_run_images
+from d3hr.runfolder import class_folder_names, save_class_pngs
 from d3hr.utils.folders import claim
 from d3hr.utils.io import read_json, sha256_file, write_json
 
@@ -46,16 +47,16 @@ VARIANTS = ("vae", "ddim")
 def round_trip(run: Run, images: torch.Tensor, targets: torch.Tensor, variant: str, batch: int = 64) -> torch.Tensor:
     """uint8 images (N, C, s, s) of dataset classes ``targets`` -> the same images after ``variant``, uint8."""
     gen, cfg = run.generator(), run.cfg
-    labels_map, grid = run.class_labels(gen), run.grid(gen)
+    labels_map, grid = run.class_labels(gen), run.ctx.grid(gen)
     eps_fn = lambda zt, t, y: gen.eps(zt, t, y, 1.0)  # noqa: E731 - guidance 1 both ways: a deterministic round trip
     k = cfg.diffusion.inversion_steps
     ds = run.train_set
     out = []
     for i in range(0, len(images), batch):
-        x = fit_to_model(images[i : i + batch], cfg.data.image_size or gen.image_size, cfg.data.fit)
-        z0 = gen.encode(x.to(run.device), sample=False)  # (b, c, h, w)
+        x = fit_to_model(images[i : i + batch], cfg.data.image_size, cfg.data.fit)
+        z0 = gen.encode(x.to(run.ctx.device), sample=False)  # (b, c, h, w)
         if variant == "ddim":
-            y = labels_map[targets[i : i + batch]].to(run.device)
+            y = labels_map[targets[i : i + batch]].to(run.ctx.device)
             z0 = ddim_sample(eps_fn, ddim_invert(eps_fn, z0, y, grid, k), y, grid, k)
         x = match_channels(gen.decode(z0).cpu(), ds.channels)
         out.append(fit_to_saved(x, ds.resolution, cfg.data.fit, cfg.generate.save_size))
@@ -82,10 +83,10 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
     new = images if variant == "real" else round_trip(run, images, targets, variant)
     claim(dest, "run")
     shutil.copy(real / "config.yaml", dest / "config.yaml")
-    folders = _class_folders(test.classes)
+    folders = class_folder_names(test.classes)
     tmp = dest / "images.partial"
     for c, folder in enumerate(folders):
-        _save_class_pngs(tmp / folder, new[targets == c])
+        save_class_pngs(tmp / folder, new[targets == c])
     files = {f"images/{p.relative_to(tmp).as_posix()}": sha256_file(p) for p in sorted(tmp.rglob("*.png"))}
     write_json(dest / "manifest.json", {"method": f"{variant}: {real.name} through the generator",
                                         "ipc": manifest.get("ipc"),

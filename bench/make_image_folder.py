@@ -14,7 +14,7 @@ from PIL import Image
 
 from d3hr.config import DataConfig
 from d3hr.data import load_dataset
-from d3hr.data.images import safe_class_dir
+from d3hr.runfolder import safe_class_dir
 
 
 def write_folder(out: Path, train_per_class: int, test_per_class: int, seed: int = 0) -> int:

@@ -24,5 +24,5 @@ def test_api_stages_and_load_run(tmp_path):
     tensors, meta = run["selection"]
     assert tensors["latents"].shape[:2] == (10, 2) and meta["ipc"] == 2
     assert run["manifest"]["ipc"] == 2
-    rs = d3hr.select(cfg, select__strategy="random", out=str(tmp_path / "run"))
+    rs = d3hr.select(cfg, select__method="base-rs", out=str(tmp_path / "run"))
     assert rs.is_file()

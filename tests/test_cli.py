@@ -76,8 +76,8 @@ def test_stages_run_alone_and_random_strategy_differs(digits_run, tmp_path):
     assert main(["train-generator", *args]) == 0
     assert main(["invert", *args]) == 0
     assert (run / "stats.safetensors").is_file() and not (run / "selection.safetensors").exists()
-    assert main(["select", *args, "--strategy", "random"]) == 0
-    assert main(["generate", *args, "--strategy", "random"]) == 0
+    assert main(["select", *args, "--method", "base-rs"]) == 0
+    assert main(["generate", *args, "--method", "base-rs"]) == 0
     from d3hr.utils.io import load_tensors
 
     a, _ = load_tensors(digits_run / "stats.safetensors")

@@ -10,7 +10,7 @@ def test_defaults_are_the_papers():
     assert cfg.select.weights == [1.0, 1.0, 0.5]
     assert (cfg.diffusion.num_steps, cfg.diffusion.inversion_steps) == (50, 31)
     assert cfg.diffusion.guidance_scale is None  # resolved per generator by the run
-    assert cfg.diffusion.encode == "mean" and cfg.select.strategy == "group"
+    assert cfg.diffusion.encode == "mean" and cfg.select.method == "d3hr"
 
 
 def test_guidance_resolves_per_generator(tmp_path):

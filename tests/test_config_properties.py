@@ -240,7 +240,7 @@ BAD_FILES = {
     "integer too large for float (int field)": "seed: 1" + "0" * 309 + "\n",
     "integer too large for float (float field)": "diffusion: {guidance_scale: 1" + "0" * 309 + "}\n",
     "newline in an unknown key": '"a\\nb": 1\n',
-    "newline in a validated string": 'select: {strategy: "a\\nb"}\n',
+    "newline in a validated string": 'data: {fit: "a\\nb"}\n',
     "!!timestamp on a non-date": "out: !!timestamp ~\n",
     "deeply nested flow collections": "[" * 1000,
 }

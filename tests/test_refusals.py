@@ -145,7 +145,7 @@ def test_out_that_cannot_be_a_folder(tmp_path, capsys):
 def test_an_unwritable_cache_is_refused_before_work(tmp_path, monkeypatch, capsys):
     (tmp_path / "file").write_text("x")
     monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "file" / "cache"))
-    train = importlib.import_module("d3hr.distill.pipeline")
+    train = importlib.import_module("d3hr.generator.train")
     monkeypatch.setattr(train, "train_vae", lambda *a, **k: pytest.fail("trained with an unwritable cache"))
     assert main(["distill", "--dataset", "digits", *SETS, "--out", str(tmp_path / "run")]) == 2
     _one_line_error(capsys, f"cache folder {tmp_path / 'file' / 'cache'} is not writable", "D3HR_CACHE")
@@ -268,7 +268,7 @@ def test_compare_checks_the_whole_grid_before_the_first_cell(args, needle, tmp_p
 
 
 def test_too_few_images_for_statistics_is_refused_before_training(tmp_path, monkeypatch, capsys):
-    pipeline = importlib.import_module("d3hr.distill.pipeline")
+    pipeline = importlib.import_module("d3hr.generator.train")
     monkeypatch.setattr(pipeline, "train_vae", lambda *a, **k: pytest.fail("the generator was trained"))
     args = ["--dataset", "digits", "--ipc", "1", *SETS, "--set", "data.limit=20", "--out", str(tmp_path / "r")]
     assert main(["distill", *args]) == 2

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from d3hr import api
-from d3hr.config import METHODS, Config, load_config, nest, parse_override
+from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
 from d3hr.utils.folders import owns
 
@@ -28,7 +28,7 @@ STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select"
 # CLI flag -> dotted config key.
 FLAGS = {"dataset": "data.name", "root": "data.root", "download": "data.download", "limit": "data.limit",
          "image_size": "data.image_size", "generator": "generator.path", "class_map": "generator.class_map",
-         "ipc": "select.ipc", "method": "select.method", "strategy": "select.strategy",
+         "ipc": "select.ipc", "method": "select.method", "fingerprint": "data.fingerprint",
          "candidates": "select.candidates", "pools": "select.pools", "inversion_steps": "diffusion.inversion_steps",
          "num_steps": "diffusion.num_steps", "guidance": "diffusion.guidance_scale",
          "precision": "diffusion.precision", "seed": "seed", "device": "device",
@@ -48,8 +48,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--generator", help="diffusers directory or hub id with vae/ and transformer/")
     p.add_argument("--class-map", help="'imagenet' or a JSON file {class name: generator label}")
     p.add_argument("--ipc", type=int, help="images per class")
-    p.add_argument("--method", help=f"distillation method: {' | '.join(METHODS)} (default d3hr)")
-    p.add_argument("--strategy", choices=["group", "random"], help="group sampling (D3HR) or random (Base-RS)")
+    p.add_argument("--method", help="distillation method (default d3hr; `d3hr methods` lists them)")
+    p.add_argument("--fingerprint", choices=["sample", "full", "trust"],
+                   help="what caches key the data on: stat + sampled content (default), every byte, or paths only")
     p.add_argument("--candidates", type=int, help="candidate groups per class (m)")
     p.add_argument("--pools", type=int, help="independent candidate pools shared among classes")
     p.add_argument("--inversion-steps", type=int, help="K: DDIM steps walked by inversion and sampling")
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. generator.dit.lr=1e-4, generator.dit.batch_size=256, generator.precision=bf16")
     p.add_argument("--device")
+    sub.add_parser("methods", help="list the distillation methods and what each needs")
     p = sub.add_parser("verify", help="check every file of a run against the sha256 in its manifest")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("compare", help="distill and evaluate a grid of methods x IPC x seeds; write a table + plot")
@@ -246,8 +248,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _methods(args: argparse.Namespace) -> int:
+    from d3hr.distill.methods import METHODS, method_names
+
+    for name in method_names():
+        m = METHODS[name]
+        needs = ", ".join(n for n, on in (("generator", m.needs_generator), ("inversion", m.needs_inversion)) if on)
+        print(f"{name:<14} {m.summary} [needs: {needs or 'real images only'}; selection at level {m.level}]")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "verify": _verify, "evaluate": _evaluate, "report": _report, "compare": _compare, "finetune": _finetune,
+    "methods": _methods, "verify": _verify, "evaluate": _evaluate, "report": _report, "compare": _compare,
+    "finetune": _finetune,
     **{name: _stage for name in ("distill", *STAGES)}}
 
 

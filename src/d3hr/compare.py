@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from d3hr.config import METHODS, Config, load_config, nest, parse_override
+from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
 from d3hr.utils.dist import check_device
 from d3hr.utils.folders import claim
@@ -86,11 +86,13 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
     def positive(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
+    from d3hr.distill.methods import method_names
+
+    known = method_names()
     checks = [
         (len(methods) >= 1, "--methods must name at least one method"),
-        (all(m in METHODS for m in methods),
-         f"--methods: unknown method {next((m for m in methods if m not in METHODS), '')!r}; "
-         f"known: {', '.join(METHODS)}"),
+        (all(m in known for m in methods),
+         f"--methods: unknown method {next((m for m in methods if m not in known), '')!r}; known: {', '.join(known)}"),
         (len(set(methods)) == len(methods), f"--methods names a method twice: {', '.join(methods)}"),
         (len(ipcs) >= 1 and all(positive(i) for i in ipcs), f"--ipc must be integers >= 1, got {list(ipcs)}"),
         (len(set(ipcs)) == len(ipcs), f"--ipc names a value twice: {list(ipcs)}"),

@@ -15,8 +15,6 @@ import yaml
 from d3hr.errors import D3HRError
 
 FINGERPRINTS = ("sample", "full", "trust")  # levels of a dataset's identity (d3hr.data.identity)
-# Distillation methods (DESIGN.md section 4); 'full' (the whole training set) is scored without distilling.
-METHODS = ("d3hr", "base-rs", "random-real", "herding", "kmeans-latent", "base-ddpm")
 
 
 @dataclass
@@ -103,10 +101,9 @@ class DiffusionConfig:
 
 @dataclass
 class SelectConfig:
-    """What is distilled: group sampling (D3HR) or a baseline (see ``METHODS`` and d3hr.distill.baselines)."""
+    """What is distilled: a method of the registry (d3hr.distill.methods; `d3hr methods` lists them)."""
 
-    method: str = "d3hr"  # one of METHODS; base-rs is d3hr with strategy random
-    strategy: str = "group"  # group | random (Base-RS); read by method d3hr only
+    method: str = "d3hr"  # d3hr | base-rs | random-real | herding | kmeans-latent | base-ddpm
     ipc: int = 10
     candidates: int = 10000  # m: candidate groups per class
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.5])  # lambda_mu, lambda_sigma, lambda_gamma
@@ -204,9 +201,19 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
 EXCLUSIVE = {"steps": "epochs", "epochs": "steps"}
 
 
+def _legacy(obj: Any, data: dict[str, Any]) -> dict[str, Any]:
+    """Keys of earlier versions, still read from old run folders: select.strategy (random: method base-rs)."""
+    if isinstance(obj, SelectConfig) and "strategy" in data:
+        data = dict(data)
+        if data.pop("strategy") == "random" and data.get("method", obj.method) == "d3hr":
+            data["method"] = "base-rs"
+    return data
+
+
 def _apply(obj: Any, data: dict[str, Any], where: str = "") -> None:
     if not isinstance(data, dict):
         raise D3HRError(f"config section '{where.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
+    data = _legacy(obj, data)
     types_ = _field_types(type(obj))
     for key, value in data.items():
         if not isinstance(key, str) or key not in types_:
@@ -302,14 +309,12 @@ def validate(cfg: Config) -> None:
     checks = [
         (s.method != "full", "select.method 'full' is the whole training set, not a distilled set: "
                              "d3hr distill does not make it"),
-        (s.method in METHODS, f"select.method must be one of {', '.join(METHODS)}, got {s.method!r}"),
         (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),
         (s.candidates >= 1, f"select.candidates must be >= 1, got {s.candidates}"),
         (s.chunk >= 1, f"select.chunk must be >= 1, got {s.chunk}"),
         (s.pools is None or s.pools >= 1, f"select.pools must be >= 1, got {s.pools}"),
         (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),
         (all(w >= 0 for w in s.weights), f"select.weights must be >= 0, got {s.weights}"),
-        (s.strategy in ("group", "random"), f"select.strategy must be group or random, got {s.strategy!r}"),
         (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
         (0 <= d.inversion_steps < d.num_steps,
          f"diffusion.inversion_steps (K={d.inversion_steps}) must be in [0, num_steps={d.num_steps})"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -176,14 +175,3 @@ def fit_to_saved(x: torch.Tensor, native: int, fit: str, save_size: int | None =
     if save_size is not None and save_size != x.shape[-1]:
         x = F.interpolate(x, size=(save_size, save_size), mode="bilinear", antialias=True, align_corners=False)
     return to_uint8(x)
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._ +-]+")
-
-
-def safe_class_dir(name: str) -> str:
-    """A folder name for a class that cannot leave its parent folder: separators, NUL and '..' are replaced."""
-    out = _UNSAFE.sub("_", name).strip(" .")
-    if not out:
-        raise D3HRError(f"class name {name!r} gives an empty folder name")
-    return out

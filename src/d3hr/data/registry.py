@@ -14,6 +14,7 @@ from d3hr.config import DataConfig
 from d3hr.data.images import ImageSet
 from d3hr.data.shape import infer_shape
 from d3hr.errors import D3HRError
+from d3hr.runfolder import IMAGE_SUFFIXES
 
 Loader = Callable[[DataConfig, str], ImageSet]
 DATASETS: dict[str, Loader] = {}
@@ -21,7 +22,6 @@ DATASETS: dict[str, Loader] = {}
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def register(name: str) -> Callable[[Loader], Loader]:

@@ -19,13 +19,13 @@ import torch
 from d3hr.config import Config, load_config
 from d3hr.data import load_dataset
 from d3hr.data.images import ImageSet
-from d3hr.data.registry import IMAGE_SUFFIXES
 from d3hr.errors import D3HRError
 from d3hr.evaluate.augment import Augment
 from d3hr.evaluate.results import append_record, read_results, record_key, summarise
 from d3hr.evaluate.students import check_student, create_student
 from d3hr.evaluate.teacher import flip_default, get_teacher
 from d3hr.evaluate.train import TrainSetup, train_model
+from d3hr.runfolder import IMAGES, MANIFEST, listed_images
 from d3hr.utils.dist import check_device, get_world, rank_device
 from d3hr.utils.folders import cache_dir, owns, writable_cache
 from d3hr.utils.io import read_json, sha256_file
@@ -152,35 +152,26 @@ def read_run_images(root: Path, test: ImageSet, manifest: dict[str, Any]) -> tup
 
     A listed image that is missing or whose sha256 differs from the manifest is a one-line error (the hashes are
     computed for the key anyway); files the manifest does not list are left out (``d3hr verify`` reports them)."""
-    folder, manifest_path = root / "images", root / "manifest.json"
+    folder, manifest_path = root / IMAGES, root / MANIFEST
     if not folder.is_dir():
         raise D3HRError(f"{folder} does not exist: distill the run first")
     classes = [manifest["classes"][str(c)] for c in range(len(manifest["classes"]))]
     if classes != test.classes:
         raise D3HRError(f"{manifest_path} lists other classes than dataset '{test.name}'")
-    listed = {rel: digest for rel, digest in manifest["files"].items()
-              if rel.startswith("images/") and rel.count("/") == 2 and Path(rel).suffix.lower() in IMAGE_SUFFIXES}
-    folders = manifest.get("class_folders") or sorted({rel.split("/")[1] for rel in listed})
-    if len(folders) != len(test.classes):
-        raise D3HRError(f"{manifest_path} lists {len(folders)} class folders but dataset '{test.name}' has "
-                        f"{len(test.classes)} classes")
-    files: list[Path] = []
-    targets: list[int] = []
+    images = listed_images(root, manifest)
+    if len({c for c, _, _ in images}) != len(test.classes):
+        raise D3HRError(f"{manifest_path} lists {len({c for c, _, _ in images})} class folders but dataset "
+                        f"'{test.name}' has {len(test.classes)} classes")
     h = hashlib.sha256()
-    for c, name in enumerate(folders):
-        found = sorted(rel for rel in listed if rel.split("/")[1] == name)
-        if not found:
-            raise D3HRError(f"{manifest_path} lists no images in the class folder {folder / name}")
-        for rel in found:
-            path = root / rel
-            if not path.is_file():
-                raise D3HRError(f"{path} is listed in {manifest_path} but missing; check the run with d3hr verify")
-            digest = sha256_file(path)
-            if digest != listed[rel]:
-                raise D3HRError(f"{path} differs from its sha256 in {manifest_path}; check the run with d3hr verify")
-            h.update(f"{Path(rel).relative_to('images').as_posix()}:{digest}\n".encode())
-        files += [root / rel for rel in found]
-        targets += [c] * len(found)
+    for _, rel, digest in images:
+        path = root / rel
+        if not path.is_file():
+            raise D3HRError(f"{path} is listed in {manifest_path} but missing; check the run with d3hr verify")
+        if sha256_file(path) != digest:
+            raise D3HRError(f"{path} differs from its sha256 in {manifest_path}; check the run with d3hr verify")
+        h.update(f"{Path(rel).relative_to(IMAGES).as_posix()}:{digest}\n".encode())
+    files = [root / rel for _, rel, _ in images]
+    targets = [c for c, _, _ in images]
     unlisted = sum(1 for p in folder.rglob("*") if p.is_file()) - len(files)
     if unlisted > 0:
         say(f"[evaluate] {unlisted} file(s) under {folder} are not in the manifest and are left out (d3hr verify "

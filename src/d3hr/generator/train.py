@@ -10,20 +10,24 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from d3hr.config import DiTConfig, VAEConfig
+from d3hr.config import Config, DiTConfig, VAEConfig
 from d3hr.data.images import ImageSet, fit_to_model, fit_to_saved, match_channels
 from d3hr.diffusion.ddim import forward_noise
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
 from d3hr.utils.dist import World, get_world
+from d3hr.utils.io import replace_dir
 from d3hr.utils.progress import progress
 from d3hr.utils.seeding import generator_for
 
@@ -230,3 +234,44 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     bar.close()
     dit.load_state_dict(ema.state_dict())
     return losses, time.time() - t0
+
+
+def train_small(cfg: Config, ds: ImageSet, device: torch.device, path: Path,
+                provenance: dict[str, Any]) -> dict[str, Any]:
+    """Train the small generator of ``cfg`` on ``ds`` and write it to ``path`` (rank 0; diffusers layout, renamed
+    into place): the VAE on all but a held-out slice, its scaling factor (1 / std of the latents, as the SD VAE's
+    0.18215 was chosen), then the DiT on the scaled latents. Resumable by epoch from ``path``.partial; returns the
+    quality readout (held-out PSNR, steps, final losses), also stored in the generator's provenance file."""
+    from d3hr.generator.model import build_small, save_generator
+
+    g, d, world = cfg.generator, cfg.data, get_world()
+    partial = path.with_name(path.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(g.seed)
+    gen = build_small(len(ds.classes), ds.channels, d.image_size, g.vae.block_out_channels, g.vae.latent_channels,
+                      g.vae.layers_per_block, g.dit.num_layers, g.dit.num_attention_heads, g.dit.attention_head_dim,
+                      g.dit.patch_size).to(device)
+    fit_idx, heldout = heldout_split(len(ds), g.seed)
+    vae_losses, t_vae = train_vae(gen, ds, g.vae, d.image_size, d.fit, g.seed, g.precision,
+                                  partial / "vae.ckpt.safetensors", train_idx=fit_idx)
+    psnr = reconstruction_psnr(gen, ds, heldout, d.image_size, d.fit) if len(heldout) else None
+    z = encode_dataset(gen, ds, d.image_size, d.fit)  # (N, c, h, w) unscaled
+    scale = 1.0 / float(z.float().std())
+    gen.vae.register_to_config(scaling_factor=scale)
+    dit_losses, t_dit = train_dit(gen, z * scale, torch.as_tensor(ds.targets), g.dit, g.seed, g.precision,
+                                  partial / "dit.ckpt.safetensors")
+    quality = {"vae_psnr_db": None if psnr is None else round(psnr, 2), "vae_heldout_images": len(heldout),
+               "vae_steps": total_steps(g.vae.steps, g.vae.epochs, len(fit_idx), g.vae.batch_size),
+               "dit_steps": total_steps(g.dit.steps, g.dit.epochs, len(ds), g.dit.batch_size),
+               "vae_final_mse": vae_losses[-1] if vae_losses else None,
+               "dit_final_loss": dit_losses[-1] if dit_losses else None}
+    gen.info = {**provenance, "classes": ds.classes, "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": g.seed,
+                "scaling_factor": scale, "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
+                "quality": quality, "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
+    if world.is_main:
+        out = path.with_name(path.name + ".out")
+        shutil.rmtree(out, ignore_errors=True)
+        save_generator(gen, out)
+        replace_dir(out, path)
+        shutil.rmtree(partial, ignore_errors=True)
+    return quality

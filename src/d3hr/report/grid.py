@@ -8,12 +8,8 @@ import numpy as np
 from PIL import Image
 
 from d3hr.errors import D3HRError
+from d3hr.runfolder import class_folders
 from d3hr.utils.io import atomic_path
-
-
-def class_folders(images_dir: str | Path) -> list[Path]:
-    """The class folders of an ImageFolder in sorted (= class index) order, hidden temporary folders left out."""
-    return sorted(p for p in Path(images_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def class_row(folder: str | Path, per_class: int = 10, max_side: int | None = None) -> np.ndarray | None:

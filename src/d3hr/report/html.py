@@ -20,7 +20,8 @@ from PIL import Image
 
 from d3hr.errors import D3HRError
 from d3hr.evaluate.results import read_results
-from d3hr.report.grid import class_folders, class_row
+from d3hr.report.grid import class_row
+from d3hr.runfolder import class_folders
 from d3hr.utils.io import atomic_path, load_tensors, read_json
 from d3hr.utils.schema import STAGES, Obj, check, check_manifest
 
