@@ -52,7 +52,7 @@ class Selection:
 
 
 def skew_factor(ipc: int, skewness: str = "biased") -> float:
-    """What g1 is multiplied by: 1 (biased), sqrt(n (n - 1)) / (n - 2) (adjusted, n = ipc >= 3), 0 (adjusted, n <= 2)."""
+    """What g1 is multiplied by: 1 (biased); sqrt(n (n - 1)) / (n - 2) (adjusted, n = ipc >= 3), else 0."""
     if skewness not in SKEWNESS:
         raise ValueError(f"skewness must be one of {SKEWNESS}, got {skewness!r}")
     if skewness == "biased":
