@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from d3hr.cli import main
 from tests.conftest import FAST_TRAIN
 
@@ -12,6 +14,7 @@ SETS = [a for s in FAST_TRAIN for a in ("--set", s)]
 
 
 def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "cache"))  # its own teacher: the recipe's 30 epochs
     out = tmp_path / "grid"
     args = ["compare", "--dataset", "digits", "--methods", "d3hr,random-real", "--ipc", "1", "--seeds", "2",
             "--labels", "soft", "--epochs", "2", "--out", str(out), *SETS]
@@ -32,10 +35,11 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     assert main(args) == 0
     assert calls["n"] == 4 - 2  # 4 cells; the two finished before the interruption were not retrained
     table = (out / "results.md").read_text()
-    assert "| d3hr |" in table and "| random-real |" in table and "soft IPC 1 (2 ep)" in table
+    assert "| d3hr |" in table and "| random-real |" in table and "soft (rded) IPC 1 (2 ep)" in table
     teacher = json.loads((out / "results.json").read_text())["cells"][0]["teacher"]
-    assert f"Full training set (upper bound): convnet trained on all {teacher['train_images']} images" in table
-    assert f"{100 * teacher['test_top1']:.1f}%" in table
+    assert f"Soft-label teacher: convnet, recipe teacher, 30 epochs on {teacher['train_images']} images" in table
+    assert f"{100 * teacher['test_top1']:.1f}% test top-1, weights sha256 {teacher['sha256'][:12]}" in table
+    assert "| random-real | rded | 1 | 2 |  | 0.0 ± 0.0 |" in table  # IOR of random real is 0 by definition
     result = json.loads((out / "results.json").read_text())
     assert len(result["cells"]) == 4 and {r["n"] for r in result["summary"]} == {2}
     assert (out / "accuracy.png").stat().st_size > 1000
@@ -52,8 +56,8 @@ def test_merge_rows_keeps_earlier_cells_and_replaces_redone_ones():
     from d3hr.compare import merge_rows, summarise
 
     def row(method, ipc, seed, top1, epochs=300):
-        return {"method": method, "ipc": ipc, "seed": seed, "labels": "soft", "sweep": None, "student": "convnet",
-                "epochs": epochs, "top1": top1}
+        return {"method": method, "ipc": ipc, "seed": seed, "labels": "soft", "recipe": "rded", "sweep": None,
+                "student": "convnet", "epochs": epochs, "top1": top1}
 
     old = [row("d3hr", 10, 0, 0.5), row("d3hr", 10, 1, 0.6), row("d3hr", 50, 0, 0.7, epochs=100)]
     new = [row("d3hr", 10, 1, 0.8), row("base-rs", 10, 0, 0.4)]
@@ -80,8 +84,8 @@ def test_accuracy_plot_has_one_panel_per_label_mode(tmp_path):
     from d3hr.compare import plot_accuracy
 
     def row(method, labels, ipc, mean, sweep=None):
-        return {"method": method, "ipc": ipc, "labels": labels, "sweep": sweep, "epochs": 2, "n": 3, "mean": mean,
-                "std": 1.0}
+        return {"method": method, "ipc": ipc, "labels": labels, "recipe": {"soft": "rded", "hard": "dc"}[labels],
+                "sweep": sweep, "epochs": 2, "n": 3, "mean": mean, "std": 1.0}
 
     soft = [row("d3hr", "soft", i, 60 + i) for i in (1, 10, 50)] + [row("d3hr", "soft", 10, 70, ["select.pools", 1])]
     hard = [row("d3hr", "hard", i, 50 + i) for i in (1, 10, 50)]
@@ -89,3 +93,37 @@ def test_accuracy_plot_has_one_panel_per_label_mode(tmp_path):
     plot_accuracy(soft + hard, tmp_path / "two.png")
     one, two = Image.open(tmp_path / "one.png").size, Image.open(tmp_path / "two.png").size
     assert two[0] > one[0] + 300 and abs(two[1] - one[1]) < 40  # a second panel beside the first, same height
+
+
+def _rows(method, recipe, tops, ipc=10):
+    labels = "soft" if recipe.startswith("rded") else "hard"
+    return [{"method": method, "ipc": ipc, "seed": s, "labels": labels, "recipe": recipe, "sweep": None,
+             "student": "convnet", "epochs": 5, "top1": t} for s, t in enumerate(tops)]
+
+
+def test_paired_differences_and_dd_ranking_scores_from_the_cells():
+    from d3hr.compare import markdown_table, paired_differences, paired_table, robust_scores, scores_table, summarise
+    from d3hr.evaluate.metrics import ars, lrs
+
+    rows = (_rows("d3hr", "rded", [0.82, 0.83, 0.84]) + _rows("base-rs", "rded", [0.81, 0.81, 0.81])
+            + _rows("random-real", "rded", [0.80, 0.80, 0.80]) + _rows("d3hr", "dc", [0.70, 0.70, 0.70])
+            + _rows("d3hr", "rded-noaug", [0.60, 0.60, 0.60]) + _rows("random-real", "rded-noaug", [0.65] * 3)
+            + [{**r, "ipc": None} for r in _rows("full", "dc-full", [0.93, 0.93])])
+    (p,) = paired_differences(rows)  # d3hr - base-rs under rded: (1, 2, 3) points -> 2 -+ 2.484138
+    assert (p["a"], p["b"], p["ipc"], p["recipe"], p["n"]) == ("d3hr", "base-rs", 10, "rded", 3)
+    assert p["mean"] == pytest.approx(2.0) and p["low"] == pytest.approx(-0.484138, abs=1e-5)
+    assert p["significant"] is False and "| d3hr − base-rs | rded | 10 | 5 | +2.00 [-0.48, +4.48] | 3 |" in \
+        paired_table([p])
+    scores = {(e["method"], e["recipe"]): e for e in robust_scores(rows)}
+    d3hr = scores[("d3hr", "rded")]
+    assert d3hr["ior"]["mean"] == pytest.approx(0.03) and d3hr["hlr"]["mean"] == pytest.approx(0.23)
+    expected = [lrs(0.93, 0.70, t, 0.80) for t in (0.82, 0.83, 0.84)]
+    assert d3hr["lrs"]["mean"] == pytest.approx(sum(expected) / 3)
+    expected = [ars(t, 0.80, 0.60, 0.65) for t in (0.82, 0.83, 0.84)]
+    assert d3hr["ars"]["mean"] == pytest.approx(sum(expected) / 3)
+    assert "lrs" not in scores[("base-rs", "rded")]  # no hard-label cells for base-rs
+    assert ("d3hr", "rded-noaug") not in scores
+    table = summarise(rows)
+    text = markdown_table(table, "digits", "convnet")
+    assert "soft (rded) IPC 10 (5 ep)" in text and "hard (dc) IPC 10 (5 ep)" in text and "| full |" not in text
+    assert "| d3hr | rded | 10 | 5 | 23.0 ± 0.0 | 3.0 ± 1.0 |" in scores_table(robust_scores(rows))

@@ -104,20 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--methods", default="d3hr,base-rs,base-ddpm,random-real,herding,kmeans-latent")
     p.add_argument("--ipc", default="1,10,50", help="comma-separated IPC values")
-    p.add_argument("--seeds", type=int, default=3, help="distillation seeds, each scored by its own student seed")
-    p.add_argument("--labels", default="soft", help="soft, hard or soft,hard")
+    p.add_argument("--seeds", type=int, default=5, help="distillation seeds, each scored by its own student seed")
+    p.add_argument("--labels", default="soft", help="soft, hard or soft,hard (recipes rded and dc)")
+    p.add_argument("--recipes", help="training recipes by name instead of --labels, e.g. rded,dc")
     p.add_argument("--student", default="convnet")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, help="override every recipe's epochs (the same at every IPC)")
+    p.add_argument("--ars", action="store_true", help="also train every cell without augmentation (DD-Ranking ARS)")
+    p.add_argument("--full-seeds", type=int, help="seeds of method 'full' (default: --seeds)")
+    p.add_argument("--full-epochs", type=int, help="epochs of method 'full' (default: recipe dc-full's)")
     p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
-    p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: 30 digits, 20 else)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: recipe teacher's)")
     p = sub.add_parser("report", help="write RUN/report.html: image grid, accuracy table, normality diagnostics")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
     p.add_argument("run", help="run folder")
     p.add_argument("--student", default="convnet", help="convnet, convnet_d4, resnet18 or a torchvision model name")
-    p.add_argument("--labels", default="soft", choices=["soft", "hard"])
+    p.add_argument("--labels", choices=["soft", "hard"], help="default: the recipe's (soft without --recipe)")
+    p.add_argument("--recipe", help="training recipe (default: rded for soft labels, dc for hard, dc-full with --full)")
     p.add_argument("--seeds", type=int, default=3, help="number of student seeds (0..n-1)")
-    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation (DD-Ranking ARS)")
+    p.add_argument("--full", action="store_true", help="train on the whole real training split (the upper bound)")
     p.add_argument("--teacher", help="teacher architecture for soft labels (default: convnet)")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher if it must be trained")
     p.add_argument("--device", default="cpu")
@@ -198,7 +205,9 @@ def _compare(args: argparse.Namespace) -> int:
     sweep = parse_sweep(args.sweep) if args.sweep else None
     result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], _int_list(args.ipc, "--ipc"),
                      args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
-                     student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs)
+                     student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs,
+                     recipes=[v.strip() for v in args.recipes.split(",")] if args.recipes else None,
+                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs)
     print((Path(args.out) / "results.md").read_text())
     print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0
@@ -238,12 +247,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from d3hr.evaluate import evaluate
 
     out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
-                   teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device)
+                   teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device,
+                   recipe=args.recipe, augment=not args.no_augment, full=args.full)
     print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
           f"results in {Path(args.run) / 'eval' / 'results.json'}")
     row = out["summary"]
     teacher = f", teacher {row['teacher']}" if row.get("teacher") else ""
-    print(f"  {row['student']}, {row['labels']} labels{teacher}, {row['epochs']} epochs: top-1 "
+    print(f"  {row['student']}, {row['labels']} labels, recipe {row['recipe']}{teacher}, {row['epochs']} epochs: top-1 "
           f"{100 * row['top1_mean']:.2f} +- {100 * row['top1_std']:.2f}% over {row['n']} seeds")
     return 0
 

@@ -1,8 +1,15 @@
-"""A grid of methods x IPC x distillation seeds (x an optional config sweep), each cell distilled and evaluated.
+"""A grid of methods x IPC x distillation seeds (x an optional config sweep), each cell distilled and evaluated under
+one or more named training recipes, plus the full-data upper bound and the statistics a reviewer asks for.
 
 Every cell is an ordinary run folder under OUT/runs/, so an interrupted compare resumes: finished stages and finished
 evaluation records are skipped. The generator, the inversion statistics and the teacher are shared by all cells that
-can share them (generator, statistics and teacher caches). The whole grid is checked before the first cell starts.
+can share them (generator, statistics and teacher caches). The whole grid is checked before the
+first cell starts. A recipe fixes the training length, so every
+IPC of one invocation is trained for the same epochs (stated in each column header).
+
+Beside mean +- std: the paired difference per seed of methods that share candidate pools and seeds (D3HR against
+Base-RS) with a 95% t-interval, and DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluate.metrics) against random real
+subsets trained under the same labels and recipe.
 """
 
 from __future__ import annotations
@@ -17,11 +24,17 @@ import numpy as np
 
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
+from d3hr.evaluate.metrics import ars, hlr, ior, lrs, paired_t_interval
+from d3hr.evaluate.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe
 from d3hr.utils.dist import check_device
 from d3hr.utils.folders import claim
 from d3hr.utils.io import atomic_path, read_json, write_json, write_text
 from d3hr.utils.progress import say
 from d3hr.utils.schema import COMPARE_RESULTS, check
+
+FULL = "full"  # the upper bound: the student on the whole training set with the hard-label recipe
+RANDOM = "random-real"  # DD-Ranking's reference: random real subsets of the same size
+PAIRED = (("d3hr", "base-rs"),)  # methods drawing from the same candidate pools with the same seeds
 
 
 @dataclass(frozen=True)
@@ -34,16 +47,22 @@ class Cell:
     @property
     def name(self) -> str:
         tail = f"-{self.sweep[0].split('.')[-1]}{self.sweep[1]}" if self.sweep else ""
-        return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"
+        return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"  # siblings: they share the teacher cache
 
 
 def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
-            labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int = 300,
-            sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None) -> dict[str, Any]:
+            labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int | None = None,
+            sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None,
+            recipes: Sequence[str] | None = None, ars_runs: bool = False, full_seeds: int | None = None,
+            full_epochs: int | None = None) -> dict[str, Any]:
     """Distill and evaluate every cell; write OUT/results.json, OUT/results.md and OUT/accuracy.png.
 
     Distillation seed s is scored by student seed s, so the spread over seeds covers both the distillation (candidate
-    draws, generation) and the student's training. ``sweep`` = (dotted config key, values) adds one row per value.
+    draws, generation) and the student's training. ``recipes``: training recipes by name (default: 'rded' for soft
+    and 'dc' for hard ``labels``); ``epochs`` overrides every recipe's epochs, the same at every IPC. ``ars_runs``
+    also trains each cell without augmentation (DD-Ranking's ARS). Method 'full' trains the student on the whole
+    training set with the 'dc-full' recipe (``full_epochs`` overrides it) for ``full_seeds`` seeds (default
+    ``seeds``). ``sweep`` = (dotted config key, values) adds one row per value.
     """
     from d3hr import api
     from d3hr.evaluate import evaluate
@@ -51,34 +70,46 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     out = Path(out)
     check_grid(methods, ipcs, seeds, labels, student, epochs, sweep, teacher_epochs)
     check_device(base.device)
+    names = list(recipes) if recipes else [DEFAULT_RECIPE[mode] for mode in labels]
+    units = [(get_recipe(n, epochs=epochs), aug) for n in names for aug in ((True, False) if ars_runs else (True,))]
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
-    cells = [Cell(m, i, s, w) for w in sweeps for m in methods for i in ipcs for s in range(seeds)]
+    cells = [Cell(m, i, s, w) for w in sweeps for m in methods if m != FULL for i in ipcs for s in range(seeds)]
     configs = [_cell_config(base, cell, out) for cell in cells]  # every cell's config is valid before any work
     claim(out, "compare")
     rows = []
     for n, (cell, cfg) in enumerate(zip(cells, configs), 1):
         say(f"[compare] cell {n}/{len(cells)}: {cell.name}")
         api.distill(cfg)
-        for mode in labels:
-            res = evaluate(cfg.out, student=student, labels=mode, seeds=[cell.seed], epochs=epochs, device=cfg.device,
-                           teacher_epochs=teacher_epochs)
-            rec = res["records"][0]
-            rows.append({"method": cell.method, "ipc": cell.ipc, "seed": cell.seed, "labels": mode,
-                         "sweep": list(cell.sweep) if cell.sweep else None, "student": student, "epochs": epochs,
-                         "top1": rec["top1"], "teacher": res.get("teacher"), "run": cfg.out})
+        for rcp, aug in units:
+            res = evaluate(cfg.out, student=student, labels=rcp.labels, seeds=[cell.seed], epochs=rcp.epochs,
+                           device=cfg.device, teacher_epochs=teacher_epochs, recipe=rcp.name, augment=aug)
+            rows.append(_row(cell.method, cell.ipc, cell.seed, cell.sweep, student, res, cfg.out))
+    if FULL in methods:
+        for s in range(seeds if full_seeds is None else full_seeds):
+            say(f"[compare] full training set, seed {s}")
+            cfg = load_config(None, [nest("out", str(out / "runs" / f"{FULL}-seed{s}"))], base=copy.deepcopy(base))
+            if not (Path(cfg.out) / "config.yaml").is_file():
+                claim(cfg.out, "run")
+                write_text(Path(cfg.out) / "config.yaml", cfg.to_yaml())
+            res = evaluate(cfg.out, student=student, labels="hard", seeds=[s], epochs=full_epochs, device=cfg.device,
+                           recipe=FULL_RECIPE, full=True)
+            rows.append(_row(FULL, None, s, None, student, res, cfg.out))
     rows = merge_rows(_earlier_rows(out, base.data.name, student), rows)
     table = summarise(rows)
     result = {"dataset": base.data.name, "student": student, "seeds": seeds, "teacher_epochs": teacher_epochs,
-              "cells": rows, "summary": table}
+              "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": rows, "summary": table,
+              "paired": paired_differences(rows), "scores": robust_scores(rows)}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
-    write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(teacher))
-    plot_accuracy(table, out / "accuracy.png")
+    write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(table, teacher)
+               + paired_table(result["paired"]) + scores_table(result["scores"]))
+    plot_accuracy([r for r in table if r["method"] != FULL], out / "accuracy.png")
     return result
 
 
 def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: Sequence[str], student: str,
-               epochs: int, sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None) -> None:
+               epochs: int | None, sweep: tuple[str, Sequence[Any]] | None = None,
+               teacher_epochs: int | None = None) -> None:
     """Refuse a grid that cannot run to the end, with one line naming the value, before the first cell starts."""
     from d3hr.evaluate.runner import LABELS
     from d3hr.evaluate.students import check_student
@@ -88,7 +119,7 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
 
     from d3hr.distill.methods import method_names
 
-    known = method_names()
+    known = [*method_names(), FULL]
     checks = [
         (len(methods) >= 1, "--methods must name at least one method"),
         (all(m in known for m in methods),
@@ -100,7 +131,7 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
         (len(labels) >= 1 and all(lab in LABELS for lab in labels), f"--labels must be soft, hard or soft,hard, got "
                                                                    f"{','.join(labels)!r}"),
         (len(set(labels)) == len(labels), f"--labels names a mode twice: {','.join(labels)}"),
-        (positive(epochs), f"--epochs must be an integer >= 1, got {epochs!r}"),
+        (epochs is None or positive(epochs), f"--epochs must be an integer >= 1, got {epochs!r}"),
         (teacher_epochs is None or positive(teacher_epochs),
          f"--teacher-epochs must be an integer >= 1, got {teacher_epochs!r}"),
         (sweep is None or len(sweep[1]) >= 1, "--sweep must give at least one value"),
@@ -122,24 +153,34 @@ def _cell_config(base: Config, cell: Cell, out: Path) -> Config:
     return load_config(None, items, base=copy.deepcopy(base))
 
 
+def _row(method: str, ipc: int | None, seed: int, sweep: tuple[str, Any] | None, student: str,
+         res: dict[str, Any], run: str) -> dict[str, Any]:
+    rec = res["records"][0]
+    return {"method": method, "ipc": ipc, "seed": seed, "labels": rec["labels"], "recipe": rec["recipe"],
+            "setup": rec["setup"], "sweep": list(sweep) if sweep else None, "student": student,
+            "epochs": rec["epochs"], "top1": rec["top1"], "teacher": res.get("teacher"),
+            "teacher_sha256": rec.get("teacher_sha256"), "run": run}
+
+
 def _cell_key(r: dict[str, Any]) -> tuple:
-    return (r["method"], r["ipc"], r["seed"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None, r["student"],
+    return (r["method"], r["ipc"], r["seed"], r["recipe"], tuple(r["sweep"]) if r["sweep"] else None, r["student"],
             r["epochs"])
 
 
 def _earlier_rows(out: Path, dataset: str, student: str) -> list[dict[str, Any]]:
-    """Cells of earlier compares into the same OUT (same dataset and student), so that a grid can be run in parts."""
+    """Cells of earlier compares into the same OUT (same dataset and student, trained under a named recipe), so that
+    a grid can be run in parts."""
     path = out / "results.json"
     if not path.exists():
         return []
     old = check(read_json(path), COMPARE_RESULTS, path)
     if old.get("dataset") != dataset:
         return []
-    return [r for r in old["cells"] if r["student"] == student]
+    return [r for r in old.get("cells", []) if r.get("student") == student and "recipe" in r]
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``old`` cells not redone in ``new``, then ``new``: one row per (method, IPC, seed, labels, sweep, student,
+    """``old`` cells not redone in ``new``, then ``new``: one row per (method, IPC, seed, recipe, sweep, student,
     epochs)."""
     fresh = {_cell_key(r) for r in new}
     return [r for r in old if _cell_key(r) not in fresh] + list(new)
@@ -155,54 +196,164 @@ def parse_sweep(text: str) -> tuple[str, list[Any]]:
     return key, [value]
 
 
+def _group(r: dict[str, Any]) -> tuple:
+    return (r["ipc"], r["recipe"], tuple(r["sweep"]) if r["sweep"] else None, r["epochs"])
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and sample std of top-1 (in %) over seeds, per method, IPC, label mode and sweep value."""
-    groups: dict[tuple, list[float]] = {}
+    """Mean and sample std of top-1 (in %) over seeds, per method, IPC, recipe, sweep value and epochs."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        key = (r["method"], r["ipc"], r["labels"], tuple(r["sweep"]) if r["sweep"] else None, r["epochs"])
-        groups.setdefault(key, []).append(100.0 * r["top1"])
-    return [{"method": m, "ipc": i, "labels": lab, "sweep": list(w) if w else None, "epochs": e, "n": len(v),
-             "mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for (m, i, lab, w, e), v in groups.items()]
+        groups.setdefault((r["method"], *_group(r)), []).append(r)
+    out = []
+    for (m, i, rcp, w, e), rs in groups.items():
+        v = [100.0 * r["top1"] for r in rs]
+        out.append({"method": m, "ipc": i, "recipe": rcp, "labels": rs[0]["labels"], "sweep": list(w) if w else None,
+                    "epochs": e, "n": len(v), "seeds": [r["seed"] for r in rs], "mean": float(np.mean(v)),
+                    "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0})
+    return out
+
+
+def _by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> dict[int, float]:
+    return {r["seed"]: r["top1"] for r in rows if r["method"] == method and _group(r) == group}
+
+
+def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each pair in PAIRED and each (IPC, recipe, sweep, epochs) where both ran: the per-seed differences of
+    top-1 (points) and a 95% t-interval of their mean; ``significant`` only when it excludes 0."""
+    out = []
+    for a, b in PAIRED:
+        for group in sorted({_group(r) for r in rows if r["method"] == a}, key=str):
+            va, vb = _by_seed(rows, a, group), _by_seed(rows, b, group)
+            common = sorted(set(va) & set(vb))
+            if not common:
+                continue
+            iv = paired_t_interval([100 * va[s] for s in common], [100 * vb[s] for s in common])
+            out.append({"a": a, "b": b, "ipc": group[0], "recipe": group[1], "sweep": list(group[2] or []) or None,
+                        "epochs": group[3], "seeds": common, "mean": iv.mean, "low": iv.low, "high": iv.high,
+                        "n": iv.n, "significant": iv.significant})
+    return out
+
+
+def robust_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """DD-Ranking's HLR, IOR and LRS per method, IPC and recipe (LRS needs the full-data row and the method's
+    hard-label cells under the default hard recipe), and ARS where the same cells also ran without augmentation;
+    per seed against random real subsets of the same seed, then mean and std over seeds (scores as fractions)."""
+    full = [r["top1"] for r in rows if r["method"] == FULL]
+    real_hard = float(np.mean(full)) if full else None
+    hard = DEFAULT_RECIPE["hard"]
+    out = []
+    for r0 in summarise([r for r in rows if r["method"] != FULL and not r["recipe"].endswith("-noaug")]):
+        group = (r0["ipc"], r0["recipe"], tuple(r0["sweep"]) if r0["sweep"] else None, r0["epochs"])
+        syn, rdm = _by_seed(rows, r0["method"], group), _by_seed(rows, RANDOM, group)
+        seeds = sorted(set(syn) & set(rdm))
+        if not seeds:
+            continue
+        entry: dict[str, Any] = {"method": r0["method"], "ipc": r0["ipc"], "recipe": r0["recipe"],
+                                 "sweep": r0["sweep"], "epochs": r0["epochs"], "seeds": seeds,
+                                 "ior": _stat([ior(syn[s], rdm[s]) for s in seeds])}
+        syn_hard = {r["seed"]: r["top1"] for r in rows if r["method"] == r0["method"] and r["ipc"] == r0["ipc"]
+                    and r["recipe"] == hard and r["sweep"] == r0["sweep"]}
+        hs = [s for s in seeds if s in syn_hard]
+        if real_hard is not None and hs:
+            entry["hlr"] = _stat([hlr(real_hard, syn_hard[s]) for s in hs])
+            entry["lrs"] = _stat([lrs(real_hard, syn_hard[s], syn[s], rdm[s]) for s in hs])
+        naug = (r0["ipc"], f"{r0['recipe']}-noaug", group[2], r0["epochs"])
+        syn_n, rdm_n = _by_seed(rows, r0["method"], naug), _by_seed(rows, RANDOM, naug)
+        ns = [s for s in seeds if s in syn_n and s in rdm_n]
+        if ns:
+            entry["ars"] = _stat([ars(syn[s], rdm[s], syn_n[s], rdm_n[s]) for s in ns])
+        out.append(entry)
+    return out
+
+
+def _stat(v: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "n": len(v)}
+
+
+def _column(recipe: str, labels: str, ipc: int, epochs: int) -> str:
+    return f"{labels} ({recipe}) IPC {ipc} ({epochs} ep)"
 
 
 def markdown_table(table: list[dict[str, Any]], dataset: str, student: str) -> str:
-    """One row per method (and sweep value), one column per (labels, IPC, student epochs): mean +- std over seeds."""
-    cols = sorted({(r["labels"], r["ipc"], r["epochs"]) for r in table})
+    """One row per method (and sweep value), one column per (recipe, IPC, epochs): mean +- std over seeds."""
+    table = [r for r in table if r["method"] != FULL]
+    cols = sorted({(r["recipe"], r["labels"], r["ipc"], r["epochs"]) for r in table},
+                  key=lambda c: (c[1] != "soft", c[0], c[2]))
     rows: dict[str, dict[tuple, str]] = {}
     for r in table:
         name = r["method"] + (f" ({r['sweep'][0]}={r['sweep'][1]})" if r["sweep"] else "")
-        rows.setdefault(name, {})[(r["labels"], r["ipc"], r["epochs"])] = (f"{r['mean']:.1f} ± {r['std']:.1f} "
-                                                                             f"(n={r['n']})")
-    head = "| method | " + " | ".join(f"{lab} IPC {ipc} ({ep} ep)" for lab, ipc, ep in cols) + " |"
-    lines = [f"Top-1 (%) on the real {dataset} test set, {student} student (epochs per column), mean ± std over "
-             "distillation seeds (each scored by its own student seed).", "", head,
-             "|" + "---|" * (len(cols) + 1)]
+        rows.setdefault(name, {})[(r["recipe"], r["labels"], r["ipc"], r["epochs"])] = (
+            f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})")
+    head = "| method | " + " | ".join(_column(*c) for c in cols) + " |"
+    lines = [f"Top-1 (%) on the real {dataset} test set, {student} student, training recipe and epochs per column "
+             "(the same at every IPC), mean ± std over distillation seeds (each scored by its own student seed).", "",
+             head, "|" + "---|" * (len(cols) + 1)]
     lines += [f"| {name} | " + " | ".join(cells.get(c, "") for c in cols) + " |" for name, cells in rows.items()]
     return "\n".join(lines) + "\n"
 
 
-def full_data_line(teacher: dict[str, Any] | None) -> str:
-    """The upper bound: the soft-label teacher is the same architecture trained on the whole training set."""
-    if not teacher or teacher.get("test_top1") is None:
+def full_data_line(table: list[dict[str, Any]], teacher: dict[str, Any] | None) -> str:
+    """The upper bound (a student on the whole training set, hard-label recipe) and the soft-label teacher."""
+    text = ""
+    for r in table:
+        if r["method"] == FULL:
+            text += (f"\nFull training set (upper bound): the student trained on all training images with recipe "
+                     f"{r['recipe']} ({r['epochs']} epochs): {r['mean']:.1f} ± {r['std']:.1f}% (n={r['n']}).\n")
+    if teacher and teacher.get("test_top1") is not None:
+        text += (f"\nSoft-label teacher: {teacher.get('arch', '?')}, recipe {teacher.get('recipe', '?')}, "
+                 f"{teacher.get('epochs', '?')} epochs on {teacher.get('train_images', '?')} images, "
+                 f"{100 * teacher['test_top1']:.1f}% test top-1, weights sha256 {str(teacher.get('sha256'))[:12]}.\n")
+    return text
+
+
+def paired_table(paired: list[dict[str, Any]]) -> str:
+    """Paired differences (points) with 95% t-intervals; '*' marks an interval that excludes 0."""
+    if not paired:
         return ""
-    return (f"\nFull training set (upper bound): {teacher.get('arch', '?')} trained on all "
-            f"{teacher.get('train_images', '?')} images for {teacher.get('epochs', '?')} epochs (the soft-label "
-            f"teacher): {100 * teacher['test_top1']:.1f}%.\n")
+    lines = ["", "Paired differences per seed (same candidate pools and seeds), top-1 points, mean [95% t-interval]; "
+             "* = the interval excludes 0.", "", "| difference | recipe | IPC | epochs | mean [95% CI] | n |",
+             "|---|---|---|---|---|---|"]
+    for p in paired:
+        mark = " *" if p["significant"] else ""
+        name = f"{p['a']} − {p['b']}" + (f" ({p['sweep'][0]}={p['sweep'][1]})" if p["sweep"] else "")
+        lines.append(f"| {name} | {p['recipe']} | {p['ipc']} | {p['epochs']} | {p['mean']:+.2f} "
+                     f"[{p['low']:+.2f}, {p['high']:+.2f}]{mark} | {p['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def scores_table(scores: list[dict[str, Any]]) -> str:
+    """DD-Ranking's HLR, IOR, LRS and ARS (in %, mean ± std over seeds)."""
+    if not scores:
+        return ""
+
+    def fmt(entry: dict[str, Any], key: str) -> str:
+        v = entry.get(key)
+        return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v else ""
+
+    lines = ["", "DD-Ranking scores (%; d3hr.evaluate.metrics): IOR against random real subsets under the same "
+             "recipe; HLR against the full-data row under the hard-label recipe; LRS, ARS (w = gamma = 0.5).", "",
+             "| method | recipe | IPC | epochs | HLR | IOR | LRS | ARS |", "|---|---|---|---|---|---|---|---|"]
+    for e in scores:
+        name = e["method"] + (f" ({e['sweep'][0]}={e['sweep'][1]})" if e["sweep"] else "")
+        lines.append(f"| {name} | {e['recipe']} | {e['ipc']} | {e['epochs']} | {fmt(e, 'hlr')} | {fmt(e, 'ior')} | "
+                     f"{fmt(e, 'lrs')} | {fmt(e, 'ars')} |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
-    """Accuracy vs IPC: one panel per label mode (soft first), one line per method and sweep value with the same
-    colour in every panel, error bars = std over seeds; sweep rows dashed with open markers."""
+    """Accuracy vs IPC: one panel per recipe (soft-label recipes first), one line per method and sweep value with the
+    same colour in every panel, error bars = std over seeds; sweep rows dashed with open markers."""
     from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    modes = sorted({r["labels"] for r in table}, key=lambda m: (m != "soft", m))
+    labels = {r["recipe"]: r["labels"] for r in table}
+    modes = sorted(labels, key=lambda m: (labels[m] != "soft", m))
     series: dict[str, dict[str, list[dict[str, Any]]]] = {}  # name -> labels -> points
     for r in table:
         name = r["method"] + (f" {r['sweep'][0].split('.')[-1]}={r['sweep'][1]}" if r["sweep"] else "")
-        series.setdefault(name, {}).setdefault(r["labels"], []).append(r)
+        series.setdefault(name, {}).setdefault(r["recipe"], []).append(r)
     palette = colormaps["tab10" if len(series) <= 10 else "tab20"]
     ipcs = sorted({r["ipc"] for r in table})
     fig = Figure(figsize=(4.2 * len(modes) + 2.2, 4))
@@ -220,7 +371,7 @@ def plot_accuracy(table: list[dict[str, Any]], path: Path) -> None:
         ax.set_xscale("log")
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.minorticks_off()
-        ax.set_title(f"{mode} labels")
+        ax.set_title(f"{labels[mode]} labels ({mode})")
         ax.set_xlabel("images per class")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("top-1 (%)")

@@ -108,7 +108,7 @@ def _one_thread():
 def root(tmp_path_factory) -> Path:
     """A folder for sibling runs; a 2-epoch teacher in herding's cache (herding must reuse it, not train its own)."""
     root = tmp_path_factory.mktemp("baselines")
-    get_teacher(root / "any-run", DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"),
+    get_teacher(DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"),
                 epochs=2, cache=root / "cache-herding")
     return root
 

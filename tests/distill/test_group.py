@@ -110,3 +110,25 @@ def test_z_stats_write_into_given_buffers():
     assert all(g is o for g, o in zip(got, out))
     ref = group_z_stats(z)
     assert all(torch.equal(g, r) for g, r in zip(got, ref))
+
+
+def test_adjusted_skewness_is_scipys_unbiased_estimator_and_zero_for_two() -> None:
+    from scipy import stats as sps
+
+    from d3hr.distill.group import group_z_stats, select_groups, skew_factor
+
+    z = torch.randn(5, 10, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()
+    _, _, g1 = group_z_stats(z.clone())
+    _, _, big_g1 = group_z_stats(z.clone(), skewness="adjusted")
+    ref = torch.from_numpy(sps.skew(z.double().numpy(), axis=1, bias=False)).float()
+    torch.testing.assert_close(big_g1, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(big_g1, g1 * (90**0.5 / 8))
+    assert skew_factor(2, "adjusted") == 0.0 and skew_factor(1, "adjusted") == 0.0 and skew_factor(2) == 1.0
+    assert not group_z_stats(torch.randn(3, 2, 4), skewness="adjusted")[2].any()
+    with pytest.raises(ValueError, match="skewness must be one of"):
+        skew_factor(10, "kurtic")
+    mean, std = torch.zeros(2, 16), torch.ones(2, 16)
+    skew = torch.full((2, 16), 0.5)
+    a = select_groups(mean, std, skew, 10, 512, (1.0, 1.0, 0.5), seed=0)
+    b = select_groups(mean, std, skew, 10, 512, (1.0, 1.0, 0.5), seed=0, skewness="biased")
+    assert torch.equal(a.index, b.index)  # the default is the biased estimator every cached selection used

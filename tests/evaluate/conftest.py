@@ -15,7 +15,7 @@ from d3hr.data import load_dataset
 from d3hr.utils.io import sha256_file, write_json, write_text
 
 IPC = 5
-TEACHER_EPOCHS = 2  # every test that trains a teacher passes this (a cached teacher must match it)
+TEACHER_EPOCHS = 4  # every test that trains a teacher passes this (SGD needs ~60 steps to pass 50% on digits)
 
 
 def write_manifest(root: Path) -> None:

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from d3hr.evaluate import create_student, soft_label_loss
-from d3hr.evaluate.augment import Augment
-from d3hr.evaluate.train import TrainSetup, param_groups, train_model
+from d3hr.evaluate import train as train_mod
+from d3hr.evaluate.recipes import get_recipe
+from d3hr.evaluate.train import lr_at, make_optimizer, param_groups, train_model
 
 
 def test_soft_label_loss_is_kl_times_t_squared() -> None:
@@ -45,8 +46,8 @@ def _train(seed: int, precision: str = "fp32") -> tuple[torch.nn.Module, float]:
     torch.manual_seed(seed)
     model = create_student("convnet", 10, 1, 8)
     teacher = create_student("convnet", 10, 1, 8)
-    result = train_model(model, images, targets, TrainSetup(epochs=2, batch_size=16, precision=precision),
-                         Augment(8, flip=False), seed, teacher=teacher, test=(images, targets), track_last=2)
+    recipe = get_recipe("rded", epochs=2, batch_size=16, precision=precision).resolve(False)
+    result = train_model(model, images, targets, recipe, seed, teacher=teacher, test=(images, targets), track_last=2)
     assert len(result.last_top1) == 2 and result.top1 == result.last_top1[-1]
     return model, result.losses[-1]
 
@@ -61,3 +62,46 @@ def test_training_is_deterministic_per_seed() -> None:
 def test_bf16_training_runs() -> None:
     _, loss = _train(0, precision="bf16")
     assert math.isfinite(loss)
+
+
+def test_dc_recipe_optimizer_and_step_schedule() -> None:
+    recipe = get_recipe("dc", epochs=10)
+    opt = make_optimizer(create_student("convnet", 10, 1, 8), recipe)
+    assert isinstance(opt, torch.optim.SGD) and opt.defaults["momentum"] == 0.9
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4]  # DC decays every parameter
+    assert [lr_at(recipe, step, 3) for step in (0, 14, 15, 29)] == [0.01, 0.01, pytest.approx(0.001),
+                                                                     pytest.approx(0.001)]
+    cosine = get_recipe("rded", epochs=2)
+    assert lr_at(cosine, 0, 5) == 1e-3 and lr_at(cosine, 5, 5) == pytest.approx(5e-4)
+
+
+def _hard_run(epochs: int, checkpoint=None) -> tuple[torch.nn.Module, list[float]]:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8, generator=g)
+    targets = torch.arange(40) % 10
+    torch.manual_seed(0)
+    model = create_student("convnet", 10, 1, 8)
+    recipe = get_recipe("dc", epochs=epochs, batch_size=16).resolve(False)
+    result = train_model(model, images, targets, recipe, 3, checkpoint=checkpoint, checkpoint_seconds=0.0)
+    return model, result.losses
+
+
+def test_interrupted_training_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+    straight, losses = _hard_run(4)
+    real, calls = train_mod.train_one_epoch, {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    monkeypatch.setattr(train_mod, "train_one_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _hard_run(4, ckpt)
+    monkeypatch.setattr(train_mod, "train_one_epoch", real)
+    resumed, resumed_losses = _hard_run(4, ckpt)
+    assert resumed_losses == losses  # epochs 1-2 restored from the checkpoint, 3-4 trained again
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)

@@ -14,6 +14,16 @@ choice does not depend on the chunk size or on how classes are spread over proce
 On the CPU the cost is the draw plus the three products: each draw block's statistics are computed at once, in
 cache-sized slices, so the candidates stream through memory about once; m2^1.5 is sqrt(m2) * m2 (correctly rounded
 operations), so the statistics have the same bits whatever the slice, block, chunk or process split.
+
+Skewness of a group (n = IPC members): ``biased`` (the default, and what every run so far used) is the Fisher-Pearson
+coefficient g1 = m3 / m2^1.5 with biased central moments; ``adjusted`` is the sample-size-adjusted estimator
+G1 = g1 * sqrt(n (n - 1)) / (n - 2) (Joanes & Gill, 1998), defined as 0 for n <= 2 (two points are always symmetric:
+g1 = 0, and G1's factor is undefined). The class skewness gamma comes from thousands of samples, where both agree.
+The authors' code (lin-zhao-resoLve/D3HR, generation/group_sampling.py, ``skewness_batch``) scores another quantity:
+with samples (trials, n, D) it standardises each dimension by the group's mean and unbiased std, then sums the cubes
+over the D dimensions with G1's factor n / ((n - 1)(n - 2)) taken at n = D, giving one number per group member, and
+penalises its norm against 0 (not against the class's gamma) with weight 0.1; the paper's loss (and this module)
+matches the per-dimension group skewness to gamma with weight 0.5.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import torch
 from d3hr.utils.seeding import generator_for
 
 DRAW_BLOCK = 64  # candidates drawn per seeded generator call
+SKEWNESS = ("biased", "adjusted")
 SLICE_ELEMENTS = 1 << 17  # numbers per slice in group_z_stats on the CPU: 512 KB of float32, three live buffers fit L2
 
 
@@ -40,13 +51,23 @@ class Selection:
     loss_first: torch.Tensor  # (C,) float32 loss of candidate 0 (the Base-RS group), for reference
 
 
+def skew_factor(ipc: int, skewness: str = "biased") -> float:
+    """What g1 is multiplied by: 1 (biased); sqrt(n (n - 1)) / (n - 2) (adjusted, n = ipc >= 3), else 0."""
+    if skewness not in SKEWNESS:
+        raise ValueError(f"skewness must be one of {SKEWNESS}, got {skewness!r}")
+    if skewness == "biased":
+        return 1.0
+    return (ipc * (ipc - 1)) ** 0.5 / (ipc - 2) if ipc > 2 else 0.0
+
+
 def group_z_stats(z: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                  out: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None, skewness: str = "biased",
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-dimension statistics of standard-normal groups z (m, ipc, D).
 
-    Returns mean(z), std(z) - 1 (unbiased std) and skew(z) (Fisher, biased), each (m, D). With ipc = 1 the std
-    and skewness are undefined and returned as zeros (only the mean term can score a single image).
+    Returns mean(z), std(z) - 1 (unbiased std) and skew(z) (``skewness``: biased g1 or adjusted G1, see the module
+    notes), each (m, D). With ipc = 1 the std and skewness are undefined and returned as zeros (only the mean term
+    can score a single image).
 
     The candidates are taken a few at a time (about SLICE_ELEMENTS numbers), so that the five passes over each
     slice stay in the core's cache instead of streaming the whole chunk through memory five times; every candidate
@@ -66,6 +87,7 @@ def group_z_stats(z: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor] | Non
     if work is None or work[0].numel() < rows * ipc * dim:
         work = stats_work(ipc, dim, z.device, rows)
     tiny = torch.finfo(z.dtype).tiny
+    factor = skew_factor(ipc, skewness)
     for i in range(0, m, rows):
         zs = z[i : i + rows]  # (n, ipc, D), n <= rows
         n = len(zs)
@@ -77,6 +99,8 @@ def group_z_stats(z: torch.Tensor, work: tuple[torch.Tensor, torch.Tensor] | Non
         m2c = m2.clamp_min(tiny)
         torch.div(m3, m2c.sqrt().mul_(m2c), out=m3)  # m2^1.5 from correctly rounded ops: the same bits at any shape
         torch.mul(m2, ipc / (ipc - 1), out=m2).sqrt_().sub_(1.0)
+        if factor != 1.0:
+            m3.mul_(factor)
     return zbar, zstd1, zskew
 
 
@@ -108,13 +132,13 @@ def group_loss(zbar: torch.Tensor, zstd1: torch.Tensor, zskew: torch.Tensor, sig
 
 
 def group_loss_reference(x: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, gamma: torch.Tensor,
-                         weights: tuple[float, float, float]) -> torch.Tensor:
+                         weights: tuple[float, float, float], skewness: str = "biased") -> torch.Tensor:
     """The paper's loss computed directly from groups x (m, ipc, D) of one class, in float64: (m,)."""
     x = x.to(torch.float64)
     m = x.mean(dim=1)
     s = x.std(dim=1, unbiased=True)
     d = x - m[:, None]
-    g = (d**3).mean(dim=1) / (d**2).mean(dim=1).pow(1.5)
+    g = (d**3).mean(dim=1) / (d**2).mean(dim=1).pow(1.5) * skew_factor(x.shape[1], skewness)
     l_mu, l_sigma, l_gamma = weights
     return (l_mu * (m - mu).norm(dim=1) + l_sigma * (s - sigma).norm(dim=1) + l_gamma * (g - gamma).norm(dim=1))
 
@@ -138,14 +162,16 @@ def draw_candidates(seed: int, pool: int, start: int, count: int, ipc: int, dim:
 def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc: int, candidates: int,
                   weights: tuple[float, float, float], seed: int, pools: int | None = None, chunk: int = 1024,
                   strategy: str = "group", progress: Callable[[int], None] | None = None,
-                  pool_ids: Sequence[int] | None = None, device: torch.device | str = "cpu") -> Selection:
+                  pool_ids: Sequence[int] | None = None, device: torch.device | str = "cpu",
+                  skewness: str = "biased") -> Selection:
     """Choose one group of ``ipc`` latents per class from class Gaussians (mean, std, skew: (C, D)).
 
     ``strategy='random'`` is Base-RS: candidate 0 of each class's pool, no search. ``pools`` = k shares k candidate
     pools among the classes (class c uses pool c mod k); None gives every class its own. ``progress`` is called with
     the number of classes finished. ``pool_ids`` restricts the work to those pools (one process's share): the
     classes of other pools are left at zero with an infinite loss. ``device``: where candidates are drawn and scored
-    (CUDA draws differ from CPU draws for the same seed); results come back on the CPU.
+    (CUDA draws differ from CPU draws for the same seed); results come back on the CPU. ``skewness``: the group
+    skewness estimator, 'biased' (g1, the default every cached selection used) or 'adjusted' (G1).
     """
     num_classes, dim = mean.shape
     k = num_classes if pools is None else min(pools, num_classes)
@@ -168,7 +194,7 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
             for b in range(0, count, DRAW_BLOCK):  # statistics of each block while it is still in cache
                 n = min(DRAW_BLOCK, count - b)
                 zb = draw_candidates(seed, p, start + b, n, ipc, dim, device, out=zbuf[b:])  # (n, ipc, D)
-                group_z_stats(zb, work, out=tuple(stats[:, b : b + n]))
+                group_z_stats(zb, work, out=tuple(stats[:, b : b + n]), skewness=skewness)
             z = zbuf[:count]  # (count, ipc, D)
             loss = group_loss(*stats[:, :count], sigma[cls], gamma[cls], weights).cpu()  # (count, |cls|)
             if start == 0:

@@ -172,7 +172,7 @@ def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     from d3hr.evaluate.teacher import get_teacher
 
     # Every rank takes part in getting the teacher (under torchrun it trains with DDP).
-    teacher, info = get_teacher(ctx.root, ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), HERDING_TEACHER,
+    teacher, info = get_teacher(ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), HERDING_TEACHER,
                                 device=ctx.device, cache=ctx.cache())
     if not ctx.world.is_main:
         return {}
@@ -180,7 +180,8 @@ def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     rows = _per_class(ctx, lambda c, idx: idx[herding_indices(penultimate_features(teacher, ds.load(idx.numpy())),
                                                               ipc)])
     details = {"features": f"penultimate layer of the {HERDING_TEACHER} teacher (d3hr.evaluate.teacher)",
-               "teacher": info["path"], "teacher_epochs": info["epochs"], "teacher_test_top1": info["test_top1"]}
+               "teacher": info["path"], "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"],
+               "teacher_test_top1": info["test_top1"]}
     return _write_rows(ctx, out, key, rows, [], details)
 
 

@@ -1,6 +1,7 @@
 """RUN/eval/results.json: records keyed by what was trained, a summary over seeds, and the teachers used.
 
-A record's key is every field in KEY_FIELDS (student, label mode, teacher, epochs, seed, image set, training setup):
+A record's key is every field in KEY_FIELDS (student, label mode, teacher and the sha256 of its weights, recipe,
+epochs, seed, image set, every setting of the recipe):
 a record whose key is already there is not retrained, and a changed image set or setup makes new records.
 """
 
@@ -19,7 +20,7 @@ from d3hr.utils.io import read_json, sha256_json, write_json
 from d3hr.utils.schema import RESULTS, check
 
 FORMAT_VERSION = 1
-KEY_FIELDS = ("student", "labels", "teacher", "epochs", "seed", "images_sha256", "setup")
+KEY_FIELDS = ("student", "labels", "teacher", "teacher_sha256", "recipe", "epochs", "seed", "images_sha256", "setup")
 
 
 @contextmanager

@@ -1,20 +1,24 @@
-"""The teacher that gives soft labels: trained once per dataset on the full training set, cached, shared by every
+"""The teacher that gives soft labels (and herding's features): trained once per dataset on the full training set
+under the ``teacher`` recipe (d3hr.evaluate.recipes), cached, identified by a sha256 of its weights, shared by every
 method evaluated beside it.
 
 Cache layout, in d3hr's cache (generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr), shared by every run and
-method on the dataset; the recipe key changes when the training recipe does::
+method on the dataset (whose key hashes the content of its training and test images)::
 
-    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>.safetensors   weights + metadata (JSON-encoded)
-    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>.json          the same metadata, readable: test top-1, epochs
+    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>-<epochs>ep.safetensors   weights + metadata (JSON-encoded)
+    CACHE/teachers/<dataset-key>/<arch>-<recipe-key>-<epochs>ep.json          the same metadata, readable
+    CACHE/teachers/<dataset-key>/.<arch>-<recipe-key>-<epochs>ep.partial.safetensors   training state, per epoch
 
-A teacher cached by earlier versions beside the run, in RUN/../.teachers/<dataset-key>/<arch>.safetensors, is still
-found and used (the run folder's parent is never written to any more).
+``<recipe-key>`` hashes every setting of the recipe but its epochs; the metadata's ``sha256`` hashes the weights.
+A run folder never writes outside itself (earlier versions kept teachers in RUN/../.teachers/, of another recipe).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +30,16 @@ from d3hr.data import load_dataset, load_raw
 from d3hr.data.identity import fingerprint
 from d3hr.data.images import ImageSet
 from d3hr.errors import D3HRError
-from d3hr.evaluate.augment import Augment
+from d3hr.evaluate.recipes import TEACHER_RECIPE, Recipe, get_recipe
 from d3hr.evaluate.results import file_lock
 from d3hr.evaluate.students import create_student
-from d3hr.evaluate.train import TrainSetup, train_model
+from d3hr.evaluate.train import train_model
 from d3hr.utils.dist import get_world
 from d3hr.utils.folders import cache_dir
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json, write_json
 from d3hr.utils.progress import say
 
 TEACHER_SEED = 0
-TEACHER_EPOCHS = {"digits": 30}  # default for datasets not listed: DEFAULT_TEACHER_EPOCHS
-DEFAULT_TEACHER_EPOCHS = 20
-TEACHER_BATCH = 128
-TEACHER_CROP_SCALE = (0.5, 1.0)  # milder than the students' 0.08: the teacher must first fit the real data
 NO_FLIP = {"digits", "mnist"}  # mirrored digits are not digits
 
 
@@ -58,23 +58,43 @@ def dataset_key(data: DataConfig, ds: ImageSet) -> str:
     return f"{data.name}-{sha256_json(ident)[:12]}"
 
 
-def recipe_key() -> str:
-    """A short hash of how teachers are trained (seed, batch, crop scale, optimizer defaults): a new recipe trains a
-    new teacher instead of reusing one trained otherwise."""
-    setup = asdict(TrainSetup(epochs=1, batch_size=TEACHER_BATCH))
-    del setup["epochs"]  # a teacher of other epochs is the same recipe: get_teacher reports the mismatch
-    return sha256_json({"seed": TEACHER_SEED, "crop_scale": TEACHER_CROP_SCALE, "setup": setup})[:8]
+def teacher_dir(data: DataConfig, test: ImageSet, cache: str | Path | None = None) -> Path:
+    """Where this dataset's teachers are cached: ``CACHE/teachers/<dataset-key>`` (``cache`` default: $D3HR_CACHE
+    or ~/.cache/d3hr)."""
+    return cache_dir(str(cache) if cache is not None else None) / "teachers" / dataset_key(data, test)
 
 
-def teacher_path(run_dir: Path, data: DataConfig, test: ImageSet, arch: str, cache: str | Path | None = None) -> Path:
-    """Where the teacher of ``arch`` for this dataset is: in the cache ``cache`` (default: $D3HR_CACHE or
-    ~/.cache/d3hr), keyed by dataset and recipe; or, when an earlier version left one there, RUN/../.teachers."""
-    key = dataset_key(data, test)
-    legacy = run_dir.resolve().parent / ".teachers" / key / f"{arch}.safetensors"
-    if legacy.is_file():
-        return legacy
-    root = cache_dir(str(cache) if cache is not None else None)
-    return root / "teachers" / key / f"{arch}-{recipe_key()}.safetensors"
+def recipe_key(recipe: Recipe) -> str:
+    """12 hex digits over every setting of ``recipe`` except its epochs (which the file name carries)."""
+    return sha256_json({k: v for k, v in recipe.settings().items() if k != "epochs"})[:12]
+
+
+def teacher_path(data: DataConfig, test: ImageSet, arch: str, recipe: Recipe, cache: str | Path | None = None) -> Path:
+    """The cache file of the ``arch`` teacher trained under ``recipe`` (resolved for the dataset)."""
+    return teacher_dir(data, test, cache) / f"{arch}-{recipe_key(recipe)}-{recipe.epochs}ep.safetensors"
+
+
+def teacher_recipe(data: DataConfig, test: ImageSet, arch: str, epochs: int | None = None,
+                   cache: str | Path | None = None) -> Recipe:
+    """The ``teacher`` recipe for this dataset with ``epochs``; None: the most epochs of a teacher already cached
+    under it, else the recipe's own."""
+    base = get_recipe(TEACHER_RECIPE).resolve(flip_default(data.name))
+    if epochs is None:
+        stem = f"{arch}-{recipe_key(base)}-"
+        cached = [int(m.group(1)) for p in teacher_dir(data, test, cache).glob(f"{stem}*ep.safetensors")
+                  if (m := re.fullmatch(re.escape(stem) + r"(\d+)ep", p.stem))]
+        epochs = max(cached, default=base.epochs)
+    return replace(base, epochs=epochs)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a model's state, in key order: the teacher's identity."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _build(arch: str, num_classes: int, channels: int, resolution: int, device: torch.device) -> nn.Module:
@@ -94,53 +114,54 @@ def load_teacher(path: Path, device: torch.device | str = "cpu") -> tuple[nn.Mod
     return model.eval(), meta
 
 
-def get_teacher(run_dir: Path, data: DataConfig, test: ImageSet, arch: str = "convnet", epochs: int | None = None,
+def get_teacher(data: DataConfig, test: ImageSet, arch: str = "convnet", epochs: int | None = None,
                 device: torch.device | str = "cpu",
                 cache: str | Path | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The cached teacher for the run's dataset, trained first (on the full training split) if there is none;
-    ``cache``: d3hr's cache folder (default $D3HR_CACHE or ~/.cache/d3hr), see ``teacher_path``.
+    """The cached teacher for the run's dataset, trained first (on the full training split, resuming an interrupted
+    training) if there is none; ``cache``: d3hr's cache folder (see ``teacher_dir``). Its metadata carries
+    ``sha256`` (of the weights) and the recipe's settings.
 
-    ``epochs`` None: the cached teacher whatever its epochs, or a new one with the dataset's default. A cached
-    teacher trained for other ``epochs`` than asked is an error (it is shared: delete it to retrain).
+    ``epochs`` None: the cached teacher of the ``teacher`` recipe with the most epochs, or a new one with the
+    recipe's epochs; else the teacher of exactly that many epochs.
     """
-    path = teacher_path(run_dir, data, test, arch, cache)
+    recipe = teacher_recipe(data, test, arch, epochs, cache)
+    path = teacher_path(data, test, arch, recipe, cache)
     device = torch.device(device)
-    train_epochs = epochs or TEACHER_EPOCHS.get(data.name, DEFAULT_TEACHER_EPOCHS)
     world = get_world()
     if world.distributed:  # torchrun: every rank trains it together (DDP), rank 0 writes it
         if not world.broadcast(path.is_file() if world.is_main else None):
-            _train_teacher(path, data, test, arch, train_epochs, device)
+            _train_teacher(path, data, test, arch, recipe, device)
         world.barrier()
         model, meta = load_teacher(path, device)
     else:
-        with file_lock(path.with_name(f".{arch}.lock")):  # one process trains it, the others wait and reuse it
+        with file_lock(path.with_name(f".{path.stem}.lock")):  # one process trains it, the others wait and reuse it
             if not path.is_file():
-                _train_teacher(path, data, test, arch, train_epochs, device)
+                _train_teacher(path, data, test, arch, recipe, device)
             model, meta = load_teacher(path, device)
-    if epochs is not None and meta["epochs"] != epochs:
-        raise D3HRError(f"cached teacher {path} was trained for {meta['epochs']} epochs, not {epochs}; "
-                        "delete it to retrain (every method is scored against the same teacher)")
     return model, {**meta, "path": str(path)}
 
 
-def _train_teacher(path: Path, data: DataConfig, test: ImageSet, arch: str, epochs: int, device: torch.device) -> None:
+def _train_teacher(path: Path, data: DataConfig, test: ImageSet, arch: str, recipe: Recipe,
+                   device: torch.device) -> None:
     train = load_dataset(replace(data, limit=None), "train")  # the full training split, whatever the run used
     if train.classes != test.classes:
         raise D3HRError(f"train and test splits of '{data.name}' have different classes")
-    say(f"[teacher] training {arch} on {len(train)} {data.name} images for {epochs} epochs -> {path}")
+    partial = path.with_name(f".{path.stem}.partial.safetensors")
+    resumed = " (resuming)" if partial.is_file() else ""
+    say(f"[teacher] training {arch} on {len(train)} {data.name} images for {recipe.epochs} epochs{resumed} -> {path}")
     t0 = time.time()
     model = _build(arch, len(test.classes), test.channels, test.resolution, device)
-    setup = TrainSetup(epochs=epochs, batch_size=TEACHER_BATCH)
-    aug = Augment(test.resolution, scale=TEACHER_CROP_SCALE, flip=flip_default(data.name), cutmix=False)
     test_pixels = test.load(range(len(test)))
-    result = train_model(model, train.load(range(len(train))), torch.as_tensor(train.targets), setup, aug,
-                         TEACHER_SEED, test=(test_pixels, torch.as_tensor(test.targets)), desc=f"teacher {arch}")
+    result = train_model(model, train.load(range(len(train))), torch.as_tensor(train.targets), recipe, TEACHER_SEED,
+                         test=(test_pixels, torch.as_tensor(test.targets)), desc=f"teacher {arch}",
+                         checkpoint=partial, checkpoint_seconds=0.0)
     meta = {"arch": arch, "dataset": data.name, "dataset_key": dataset_key(data, test), "classes": test.classes,
             "num_classes": len(test.classes), "channels": test.channels, "resolution": test.resolution,
-            "epochs": epochs, "seed": TEACHER_SEED, "train_images": len(train), "test_images": len(test),
-            "test_top1": result.top1, "batch_size": TEACHER_BATCH, "lr": setup.lr, "weight_decay": setup.weight_decay,
-            "crop_scale": list(TEACHER_CROP_SCALE), "flip": aug.flip, "seconds": round(time.time() - t0, 1)}
+            "epochs": recipe.epochs, "seed": TEACHER_SEED, "train_images": len(train), "test_images": len(test),
+            "test_top1": result.top1, "recipe": recipe.name, "setup": recipe.settings(),
+            "sha256": weights_sha256(model), "seconds": round(time.time() - t0, 1)}
     if get_world().is_main:
         save_tensors(path, model.state_dict(), meta)
         write_json(path.with_suffix(".json"), meta)
-    say(f"[teacher] {arch}: test top-1 {100 * result.top1:.2f}% after {epochs} epochs ({meta['seconds']} s)")
+        partial.unlink(missing_ok=True)
+    say(f"[teacher] {arch}: test top-1 {100 * result.top1:.2f}% after {recipe.epochs} epochs ({meta['seconds']} s)")
