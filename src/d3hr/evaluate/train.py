@@ -109,8 +109,9 @@ def autocast(device: torch.device, precision: str):
 
 def augment(x: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, float]:
     """The recipe's augmentation of a float batch: (images, CutMix permutation or None, CutMix lambda)."""
-    if recipe.augment == "rrc-cutmix":
-        return augment_batch(x, Augment(x.shape[-1], scale=recipe.crop_scale, flip=bool(recipe.flip)), gen)
+    if recipe.augment in ("rrc-cutmix", "rrc"):
+        aug = Augment(x.shape[-1], scale=recipe.crop_scale, flip=bool(recipe.flip), cutmix=recipe.augment != "rrc")
+        return augment_batch(x, aug, gen)
     if recipe.augment == "dsa":
         return dsa_augment(x, recipe.dsa_strategy or "", gen, mode="single"), None, 1.0
     if recipe.augment == "crop-flip":
