@@ -27,7 +27,10 @@ def test_save_and_load_round_trip(pretrained_dir, tiny_generator):
     torch.testing.assert_close(z, tiny_generator.vae.encode(x).latent_dist.mean * 0.5)
 
 
-def test_distill_with_pretrained_generator(pretrained_dir, tmp_path):
+def test_distill_with_pretrained_generator(pretrained_dir, tmp_path, monkeypatch):
+    """The run uses the given generator: nothing is trained, and no generator lands in the cache."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("D3HR_CACHE", str(cache))  # this test's own cache, so that what the run put there is seen
     run = tmp_path / "run"
     rc = main(["distill", "--dataset", "digits", "--ipc", "2", "--generator", str(pretrained_dir), "--out", str(run),
                "--limit", "300", "--set", "select.candidates=64", "--set", "diffusion.num_steps=10", "--set",
@@ -36,7 +39,8 @@ def test_distill_with_pretrained_generator(pretrained_dir, tmp_path):
     assert len(list((run / "images").rglob("*.png"))) == 20
     pointer = json.loads((run / "generator.json").read_text())
     assert pointer["pretrained"] and pointer["path"] == str(pretrained_dir.resolve())
-    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("transformer"))
+    assert cache.is_dir()  # the run did use this cache (its statistics are there) ...
+    assert not (cache / "generators").exists() and not list(cache.rglob("transformer"))  # ... but for no generator
 
 
 def test_missing_parts_and_pickles_are_refused(pretrained_dir, tmp_path):
