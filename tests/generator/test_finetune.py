@@ -84,7 +84,8 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pretrained_dir, three_
 
 def test_finetune_needs_a_generator(three_classes, tmp_path):
     """finetune itself (not only the CLI's required flag) refuses a config without a generator, before any work."""
-    cfg = load_config(None, [nest("data.name", "imagefolder"), nest("data.root", str(three_classes))])
+    cfg = load_config(None, [nest("data.name", "imagefolder"), nest("data.root", str(three_classes)),
+                             nest("generator.dit.epochs", 1)])  # all but the generator given
     assert cfg.generator.path is None
     with pytest.raises(D3HRError, match=r"^finetune needs --generator"):
         d3hr.finetune(cfg, tmp_path / "o")
