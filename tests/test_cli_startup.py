@@ -62,3 +62,9 @@ def test_quick_commands_import_neither_torch_nor_diffusers(run, command):
 def test_the_probe_sees_heavy_imports(run):
     """The probe would notice: the library API itself does import torch when used."""
     assert "torch" in _heavy_after("import d3hr; d3hr.load_run")
+
+
+def test_api_names_stay_the_functions_once_their_subpackages_load():
+    """d3hr.distill and d3hr.evaluate are subpackages too: importing them must not take the API names."""
+    _heavy_after("import d3hr.distill.group, d3hr.evaluate.results\nimport d3hr\n"
+                 "assert callable(d3hr.distill) and callable(d3hr.evaluate), (d3hr.distill, d3hr.evaluate)")
