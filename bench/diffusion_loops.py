@@ -32,6 +32,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.generator import Generator, load_generator
+from d3hr.generator.model import SMALL_SCHEDULE
 
 SHAPES = {
     "tiny": {"num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 32, "sample_size": 8, "patch_size": 2},
@@ -45,8 +46,7 @@ def random_generator(shape: str, num_labels: int = 1000) -> Generator:
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(in_channels=4, out_channels=8, num_embeds_ada_norm=num_labels, **SHAPES[shape])
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)  # unused by the loops
-    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
-    return Generator(vae, dit, make_alphas_cumprod(**schedule), schedule).eval()
+    return Generator(vae, dit, make_alphas_cumprod(**SMALL_SCHEDULE), dict(SMALL_SCHEDULE)).eval()
 
 
 def timed(fn, *args) -> tuple[torch.Tensor, float]:

@@ -26,6 +26,7 @@ from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.distill.group import select_groups
 from d3hr.generator import Generator
+from d3hr.generator.model import SMALL_SCHEDULE
 
 DIT_XL_2 = {"num_layers": 28, "num_attention_heads": 16, "attention_head_dim": 72, "sample_size": 32,
             "patch_size": 2, "in_channels": 4, "out_channels": 8, "num_embeds_ada_norm": 1000}
@@ -40,8 +41,7 @@ def dit_xl(device: torch.device) -> Generator:
     torch.manual_seed(0)
     dit = DiTTransformer2DModel(**DIT_XL_2)
     vae = AutoencoderKL(block_out_channels=(8,), norm_num_groups=8, latent_channels=4)  # unused here
-    schedule = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
-    return Generator(vae, dit, make_alphas_cumprod(**schedule), schedule).to(device).eval()
+    return Generator(vae, dit, make_alphas_cumprod(**SMALL_SCHEDULE), dict(SMALL_SCHEDULE)).to(device).eval()
 
 
 def loops(gen: Generator, batch: int, steps: int, device: torch.device) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 import d3hr
 from d3hr.config import nest, parse_override
+from d3hr.utils.io import load_tensors
 from tests.conftest import FAST_TRAIN
 
 
@@ -24,5 +25,8 @@ def test_api_stages_and_load_run(tmp_path):
     tensors, meta = run["selection"]
     assert tensors["latents"].shape[:2] == (10, 2) and meta["ipc"] == 2
     assert run["manifest"]["ipc"] == 2
+    group = (tmp_path / "run" / "selection.safetensors").read_bytes()
     rs = d3hr.select(cfg, select__method="base-rs", out=str(tmp_path / "run"))
-    assert rs.is_file()
+    assert rs == tmp_path / "run" / "selection.safetensors" and rs.read_bytes() != group  # rewritten, by Base-RS:
+    tensors, meta = load_tensors(rs)
+    assert meta["strategy"] == "random" and tensors["index"].tolist() == [0] * 10  # candidate 0 of each class

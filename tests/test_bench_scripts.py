@@ -1,5 +1,11 @@
-"""The benchmark scripts run (their --quick smoke configurations); their numbers are read by people, not asserted."""
+"""The benchmark scripts run (their --quick smoke configurations) and print or write numbers that hang together.
 
+Speeds are read by people, not asserted: the checks are on what the numbers must satisfy on any machine (counts,
+signs, ratios consistent with the times they are computed from, agreements that do not depend on speed).
+"""
+
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -15,20 +21,60 @@ def _run(*args):
     return proc.stdout
 
 
+def _rows(out: str, first_word: str) -> list[list[str]]:
+    return [ln.split() for ln in out.splitlines() if ln.startswith(first_word)]
+
+
 def test_group_sampling_quick():
     out = _run(str(BENCH / "group_sampling.py"), "--quick")
-    assert "FAIL" not in out and "PASS" in out
+    rows = _rows(out, "D=128")
+    assert len(rows) == 4  # D 128 x IPC 5, 10 x C 4, 32
+    for r in rows:
+        brute, own, shared, bnd_own, bnd_shr, brt_own, brt_shr, own_bnd, shr_bnd = map(float, r[4:13])
+        assert all(math.isfinite(v) and v > 0 for v in (brute, own, shared, bnd_own, bnd_shr))
+        # the ratios are the quotients of the printed times (to their 3 significant digits)
+        for ratio, num, den in ((brt_own, brute, own), (brt_shr, brute, shared), (own_bnd, own, bnd_own),
+                                (shr_bnd, shared, bnd_shr)):
+            assert ratio == pytest.approx(num / den, rel=0.02)
+        assert own_bnd > 0.5 and shr_bnd > 0.5  # a lower bound: nothing runs at twice its speed
+        assert r[13:] == ["PASS", "own", "2/2,", "shared", "c0", "1/1"]  # the same group as the brute force
+    assert out.rstrip().endswith("overall: PASS")
 
 
 def test_diffusion_loops_quick():
     out = _run(str(BENCH / "diffusion_loops.py"), "--quick")
-    assert "batch-1 fp32" in out and "round trip (guidance 1), batched bf16" in out
+    table = [ln.split() for ln in out.splitlines() if ln.startswith(("batch-1 fp32", "batched 8 "))]
+    assert [r[:3] for r in table] == [["batch-1", "fp32", "(authors'"], ["batched", "8", "fp32"],
+                                      ["batched", "8", "bf16"]]
+    # columns: invert lat/s, speed-up, generate lat/s, speed-up, zK vs fp32, z0 vs fp32
+    base, fp32, bf16 = ([float(v.rstrip("x")) for v in r[-6:]] for r in table)
+    assert all(v > 0 for row in (base, fp32, bf16) for v in row[:4])
+    assert base[1] == base[3] == 1.0 and fp32[4] == fp32[5] == 0.0  # the references of the two columns
+    assert base[4] < 1e-5 and base[5] < 1e-5  # batching changes fp32 results by rounding only
+    assert 0 < bf16[4] < 0.05 and 0 < bf16[5] < 0.05  # bf16 drifts, a little
+    trips = [float(ln.rsplit("=", 1)[1]) for ln in out.splitlines() if ln.startswith("round trip")]
+    assert len(trips) == 2 and all(0 < e < 0.1 for e in trips)  # K = 3 of 50 on a random model: close
+
+
+def test_cli_startup_measures_three_commands(tmp_path):
+    out = _run(str(BENCH / "cli_startup.py"), "--repeats", "1", "--json", str(tmp_path / "t.json"))
+    medians = json.loads((tmp_path / "t.json").read_text())
+    assert list(medians) == ["--help", "verify RUN", "report RUN"]
+    assert all(0 < t < 60 for t in medians.values())
+    for name, t in medians.items():
+        assert _rows(out, f"d3hr {name}")[0][-3] == f"{t:.2f}"  # the printed median is the one written
 
 
 @pytest.mark.slow
 def test_end_to_end_quick(tmp_path):
-    out = _run(str(BENCH / "end_to_end.py"), "--quick", "--out", str(tmp_path))
-    assert "invert MB" in out and len([ln for ln in out.splitlines() if ln.strip().startswith(("300", "600"))]) >= 2
+    _run(str(BENCH / "end_to_end.py"), "--quick", "--out", str(tmp_path), "--json", str(tmp_path / "e2e.json"))
+    rows = json.loads((tmp_path / "e2e.json").read_text())["rows"]
+    assert [r["images"] for r in rows] == [300, 600, 1200]
+    for r in rows:
+        assert all(r[f"{s}_s"] > 0 and r[f"{s}_peak_mb"] > 50 for s in ("invert", "select", "generate"))
+        run = tmp_path / f"n{r['images']}" / "run"
+        assert len(list((run / "images").rglob("*.png"))) == 50  # 10 classes x IPC 5
+        assert json.loads((run / "stages.json").read_text())["invert"]["seconds"] == r["invert_s"]
 
 
 def test_generator_ceiling_round_trips_real_runs_without_touching_them(tmp_path):

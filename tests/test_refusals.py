@@ -238,7 +238,7 @@ def test_debug_shows_the_traceback_and_a_bug_keeps_it(tmp_path, monkeypatch, cap
     def bug(path):
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(importlib.import_module("d3hr.api"), "verify", bug)
+    monkeypatch.setattr(importlib.import_module("d3hr.utils.manifest"), "verify", bug)
     with pytest.raises(ZeroDivisionError):
         main(["verify", str(tmp_path)])
 

@@ -1,11 +1,45 @@
-"""d3hr: dataset distillation with diffusion models (D3HR, Zhao et al., ICML 2025)."""
+"""d3hr: dataset distillation with diffusion models (D3HR, Zhao et al., ICML 2025).
 
-__version__ = "0.1.0"
+``import d3hr`` is cheap: the public API below is imported on first use (PEP 562), so that commands which need
+neither torch nor diffusers (``d3hr --help``, ``d3hr verify``) start at once.
+"""
 
-from d3hr.api import distill, finetune, generate, invert, load_run, select, train_generator, verify  # noqa: E402
-from d3hr.config import Config, load_config  # noqa: E402
-from d3hr.errors import D3HRError  # noqa: E402
-from d3hr.evaluate import evaluate  # noqa: E402
+from __future__ import annotations
 
-__all__ = ["Config", "D3HRError", "__version__", "distill", "evaluate", "finetune", "generate", "invert", "load_config",
-           "load_run", "select", "train_generator", "verify"]
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+try:
+    __version__ = version("d3hr")
+except PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
+
+# public name -> the module that defines it
+_API = {**dict.fromkeys(("distill", "finetune", "generate", "invert", "load_run", "select", "train_generator"),
+                        "d3hr.api"),
+        "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluate", "Config": "d3hr.config",
+        "load_config": "d3hr.config", "D3HRError": "d3hr.errors"}
+
+# d3hr.distill and d3hr.evaluate are subpackages as well as API functions. Loading a package binds its name in the
+# parent (here) once, when it is first imported: load both now (their __init__ imports nothing heavy) and drop the
+# binding, so that the names stay the functions' and a later `import d3hr.distill.group` cannot take them.
+for _sub in ("distill", "evaluate"):
+    importlib.import_module(f"d3hr.{_sub}")
+    del globals()[_sub]
+del _sub
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first access and cache the name here."""
+    if name not in _API:
+        raise AttributeError(f"module 'd3hr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_API[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

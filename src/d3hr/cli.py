@@ -3,6 +3,9 @@
 Every command runs under one guard (``main``): a D3HRError (bad input, refused folder, corrupt file) or an OSError
 (the file system said no) is one line ``d3hr: error: ...`` and exit code 2, Ctrl-C is one line and exit code 130;
 any other exception is a bug and keeps its traceback. ``--debug`` shows the traceback of the first two as well.
+
+Heavy modules (torch, diffusers, the pipeline) are imported inside the commands that use them, so that ``--help``,
+``verify`` and ``report`` start at once (bench/cli_startup.py; tests/test_cli_startup.py checks the imports).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from d3hr import api
+from d3hr import __version__
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
 from d3hr.utils.folders import owns
@@ -22,8 +25,11 @@ from d3hr.utils.folders import owns
 EXIT_ERROR = 2  # a D3HRError or OSError: bad input, a refused folder, a corrupt file, the file system
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as shells report it
 
-STAGES = {"train-generator": api.train_generator, "invert": api.invert, "select": api.select,
-          "generate": api.generate}
+# stage command -> (its function in d3hr.api, help)
+STAGES = {"train-generator": ("train_generator", "train (or reuse from the cache) the small generator for the dataset"),
+          "invert": ("invert", "encode, invert to level K and fit per-class statistics"),
+          "select": ("select", "choose the distilled set (group sampling, Base-RS or a baseline method)"),
+          "generate": ("generate", "sample the selected latents back to images")}
 
 # CLI flag -> dotted config key.
 FLAGS = {"dataset": "data.name", "root": "data.root", "download": "data.download", "limit": "data.limit",
@@ -65,15 +71,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="d3hr", description="Dataset distillation with diffusion models (D3HR).")
-    parser.add_argument("--version", action="version", version=f"d3hr {__import__('d3hr').__version__}")
+    parser.add_argument("--version", action="version", version=f"d3hr {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of errors reported in one line")
     debug = argparse.ArgumentParser(add_help=False)  # --debug also after the command, without resetting it there
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_sub_parser(debug))
     p = sub.add_parser("distill", help="run every stage (unchanged stages are skipped)")
     _add_common(p)
-    for name, fn in STAGES.items():
-        p = sub.add_parser(name, help=(fn.__doc__ or "").splitlines()[0])
+    for name, (_, text) in STAGES.items():
+        p = sub.add_parser(name, help=text)
         _add_common(p)
     p = sub.add_parser("finetune", help="fine-tune a pretrained DiT (optionally its VAE) on a dataset; resumable")
     p.add_argument("--generator", required=True, help="diffusers directory or hub id with vae/ and transformer/")
@@ -176,8 +182,10 @@ def _summary(cfg: Config) -> str:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from d3hr.utils.manifest import verify
+
     run = args.run
-    problems = api.verify(run)
+    problems = verify(run)
     for p in problems:
         print(f"{run}: {p}")
     if problems:
@@ -228,9 +236,10 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _stage(args: argparse.Namespace) -> int:
+    from d3hr import api
+
     cfg = config_from_args(args)
-    fn = api.distill if args.command == "distill" else STAGES[args.command]
-    fn(cfg)
+    getattr(api, "distill" if args.command == "distill" else STAGES[args.command][0])(cfg)
     print(_summary(cfg))
     return 0
 

@@ -3,10 +3,11 @@ import torch
 
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample, ddim_step, make_alphas_cumprod
 from d3hr.diffusion.loops import ddim_walk
+from d3hr.generator.model import SMALL_SCHEDULE
 
 
 def test_alphas_cumprod_matches_dit_linear_schedule():
-    ac = make_alphas_cumprod()
+    ac = make_alphas_cumprod(**SMALL_SCHEDULE)
     assert ac.dtype == torch.float64 and ac.shape == (1000,)
     assert ac[0].item() == pytest.approx(1 - 1e-4)
     assert ac[1].item() == pytest.approx((1 - 1e-4) * (1 - (1e-4 + (0.02 - 1e-4) / 999)))
@@ -14,7 +15,7 @@ def test_alphas_cumprod_matches_dit_linear_schedule():
 
 
 def test_grid_is_leading_spacing_and_paths_mirror():
-    grid = DDIMGrid.create(make_alphas_cumprod(), 50)
+    grid = DDIMGrid.create(make_alphas_cumprod(**SMALL_SCHEDULE), 50)
     assert grid.timesteps[:3].tolist() == [0, 20, 40] and grid.timesteps[-1] == 980
     up, down = grid.inversion_path(31), grid.sampling_path(31)
     assert len(up) == len(down) == 31
@@ -24,17 +25,18 @@ def test_grid_is_leading_spacing_and_paths_mirror():
 
 
 def test_ddim_step_golden_values():
-    z, eps = torch.tensor([1.0, -2.0]), torch.tensor([0.5, 0.25])
-    out = ddim_step(z, eps, 0.9, 0.5)
-    x0 = (z - 0.1**0.5 * eps) / 0.9**0.5
-    torch.testing.assert_close(out, 0.5**0.5 * x0 + 0.5**0.5 * eps)
-    torch.testing.assert_close(out, torch.tensor([0.981058, -1.372861]), atol=1e-5, rtol=0)
+    """Constants computed apart from the code under test, at 40 digits with Python's decimal module: from level 0.9
+    to 0.5, z0 = (1 - sqrt(0.1) 0.5) / sqrt(0.9) = 0.88743..., out = sqrt(0.5) (z0 + 0.5) = 0.98105... (and for
+    diffusers' DDIMScheduler.step see tests/diffusion/test_ddim_diffusers.py)."""
+    z, eps = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([0.5, 0.25], dtype=torch.float64)
+    golden = torch.tensor([0.98105825289544574027, -1.37286085480210187687], dtype=torch.float64)
+    torch.testing.assert_close(ddim_step(z, eps, 0.9, 0.5), golden, rtol=1e-15, atol=0)
 
 
 def test_round_trip_exact_for_a_constant_eps():
     """Each inversion step is undone exactly by the matching sampling step when eps is the same at both levels:
     the round-trip error of a real model comes only from eps changing between neighbouring grid levels."""
-    grid = DDIMGrid.create(make_alphas_cumprod(), 50)
+    grid = DDIMGrid.create(make_alphas_cumprod(**SMALL_SCHEDULE), 50)
     const = torch.randn(4, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
     def eps_fn(z, t, labels):

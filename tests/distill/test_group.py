@@ -76,10 +76,18 @@ def test_shared_pools_score_every_class_against_the_same_candidates():
 
 
 def test_ipc_one_scores_the_mean_only():
+    """A group of one has no std or skewness: the search keeps the candidate nearest the class mean, and the other
+    two terms of the loss are the same for every candidate."""
     mean, std, skew = _class_stats()
-    sel = select_groups(mean, std, skew, 1, 300, W, seed=0)
-    assert sel.x.shape == (5, 1, 12)
-    assert torch.isfinite(sel.loss).all()
+    m = 300
+    sel = select_groups(mean, std, skew, 1, m, W, seed=0)
+    assert sel.x.shape == (5, 1, 12) and torch.isfinite(sel.loss).all()
+    for c in range(len(mean)):
+        x = mean[c] + std[c] * draw_candidates(0, c, 0, m, 1, mean.shape[1])[:, 0]  # (m, D)
+        dist = (x - mean[c]).norm(dim=1)  # ||group mean - mu|| of each candidate
+        assert int(sel.index[c]) == int(dist.argmin())
+        torch.testing.assert_close(sel.x[c, 0], x[sel.index[c]])
+        torch.testing.assert_close(sel.loss_first[c] - sel.loss[c], W[0] * (dist[0] - dist.min()))
 
 
 def test_draws_do_not_depend_on_how_they_are_split():

@@ -44,11 +44,28 @@ def test_crop_matches_interpolating_the_slice() -> None:
 
 
 def test_cutmix_pastes_one_box_and_reports_its_share() -> None:
-    x = torch.arange(4.0)[:, None, None, None].expand(4, 1, 10, 10).contiguous()  # image i is constant i
-    mixed, perm, lam = cutmix(x, _gen(3))
-    for i in range(4):
-        from_other = (mixed[i] == perm[i]).float().mean().item() if perm[i] != i else 1 - lam
-        assert abs(from_other - (1 - lam)) < 1e-6
+    """Every image gets the same rectangle from its partner in the permutation, the rest untouched; lambda is the
+    share of the original image."""
+    x = (torch.arange(4.0)[:, None, None, None] + 1).expand(4, 1, 10, 12).contiguous()  # image i is constant i + 1
+    boxes = 0
+    for seed in range(8):
+        mixed, perm, lam = cutmix(x, _gen(seed))
+        pasted = mixed[:, 0] != x[:, 0]  # (4, H, W): where an image changed
+        torch.testing.assert_close(mixed, torch.where(pasted[:, None], x[perm], x))  # from the partner, or untouched
+        moved = perm != torch.arange(4)
+        if not moved.any():  # the identity permutation: nothing to paste
+            assert not pasted.any()
+            continue
+        box = pasted[moved][0]
+        assert all(torch.equal(p, box) for p in pasted[moved])  # the same region in every image that has a partner
+        if box.any():
+            rows, cols = box.any(1).nonzero()[:, 0], box.any(0).nonzero()[:, 0]
+            rect = torch.zeros_like(box)
+            rect[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1] = True
+            assert torch.equal(box, rect)  # one axis-aligned box
+            boxes += 1
+        assert abs(box.float().mean().item() - (1 - lam)) < 1e-6
+    assert boxes >= 4  # seen on several draws, not only on empty boxes
 
 
 def test_augmentation_is_deterministic_per_seed() -> None:

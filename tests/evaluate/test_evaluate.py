@@ -44,7 +44,7 @@ def test_soft_labels_write_records_skip_reruns_and_share_the_teacher(run_dir: Pa
     teacher = results["teachers"]["convnet"]
     assert teacher["epochs"] == TEACHER_EPOCHS and 0.5 < teacher["test_top1"] <= 1.0
     assert teacher["train_images"] == 1437  # the full training split
-    assert teacher["recipe"] == "teacher" and teacher["setup"]["optimizer"] == "sgd"
+    assert teacher["recipe"] == "teacher" and teacher["setup"]["optimizer"] == "adamw"
     assert {r["teacher_sha256"] for r in results["records"]} == {teacher["sha256"]}
     assert teacher["sha256"] == weights_sha256(load_teacher(_teacher_file())[0])
     assert read_json(_teacher_file().with_suffix(".json"))["test_top1"] == teacher["test_top1"]

@@ -12,6 +12,7 @@ from PIL import Image
 from d3hr.cli import main
 from d3hr.config import load_config
 from d3hr.distill.pipeline import Run
+from d3hr.generator.model import SMALL_SCHEDULE
 
 WNIDS = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
 
@@ -29,8 +30,7 @@ def dit_xl_layout(tmp_path_factory):
                                 num_layers=1, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
     vae.save_pretrained(root / "vae", safe_serialization=True)
     dit.save_pretrained(root / "transformer", safe_serialization=True)
-    DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                  clip_sample=False).save_pretrained(root / "scheduler")
+    DDIMScheduler(**SMALL_SCHEDULE, clip_sample=False).save_pretrained(root / "scheduler")
     (root / "model_index.json").write_text(json.dumps({
         "_class_name": "DiTPipeline", "scheduler": ["diffusers", "DDIMScheduler"],
         "transformer": ["diffusers", "DiTTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
@@ -89,8 +89,7 @@ def dit_xl_256(tmp_path_factory):
                                 num_layers=1, sample_size=32, patch_size=2, num_embeds_ada_norm=1000)
     vae.save_pretrained(root / "vae", safe_serialization=True)
     dit.save_pretrained(root / "transformer", safe_serialization=True)
-    DDIMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-                  clip_sample=False).save_pretrained(root / "scheduler")
+    DDIMScheduler(**SMALL_SCHEDULE, clip_sample=False).save_pretrained(root / "scheduler")
     return root
 
 

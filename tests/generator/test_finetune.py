@@ -5,7 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+import d3hr
 from d3hr.cli import main
+from d3hr.config import load_config, nest
+from d3hr.errors import D3HRError
 from d3hr.generator import finetune as finetune_module
 from d3hr.generator import load_generator
 from d3hr.utils.io import sha256_file
@@ -79,6 +82,11 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pretrained_dir, three_
     assert sha256_file(tmp_path / "resumed" / weights) == sha256_file(tmp_path / "straight" / weights)
 
 
-def test_finetune_needs_a_generator(three_classes, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        main(["finetune", "--dataset", "imagefolder", "--root", str(three_classes), "--out", str(tmp_path / "o")])
+def test_finetune_needs_a_generator(three_classes, tmp_path):
+    """finetune itself (not only the CLI's required flag) refuses a config without a generator, before any work."""
+    cfg = load_config(None, [nest("data.name", "imagefolder"), nest("data.root", str(three_classes)),
+                             nest("generator.dit.epochs", 1)])  # all but the generator given
+    assert cfg.generator.path is None
+    with pytest.raises(D3HRError, match=r"^finetune needs --generator"):
+        d3hr.finetune(cfg, tmp_path / "o")
+    assert not list(tmp_path.glob("o*"))  # neither OUT nor OUT.partial was made

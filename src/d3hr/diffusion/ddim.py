@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import torch
 
 
-def make_alphas_cumprod(
-    num_train_timesteps: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    beta_schedule: str = "linear",
-) -> torch.Tensor:
-    """Cumulative products of (1 - beta_t) in float64, for the schedules DiT and Stable Diffusion use."""
+def make_alphas_cumprod(num_train_timesteps: int, beta_start: float, beta_end: float,
+                        beta_schedule: str) -> torch.Tensor:
+    """Cumulative products of (1 - beta_t) in float64, for the schedules DiT and Stable Diffusion use.
+
+    The same betas as diffusers' schedulers (which compute them in float32; tests/diffusion/test_ddim_diffusers.py).
+    A generator's schedule comes from its scheduler config (d3hr.generator.model.generator_schedule; DiT's is
+    d3hr.generator.model.SMALL_SCHEDULE).
+    """
     if beta_schedule == "linear":
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     elif beta_schedule == "scaled_linear":

@@ -1,7 +1,17 @@
-"""Evaluation (DESIGN.md section 4): a cached teacher, students by name, soft- or hard-label training, test top-1."""
+"""Evaluation (DESIGN.md section 4): a cached teacher, students by name, soft- or hard-label training, test top-1.
 
-from d3hr.evaluate.runner import evaluate
-from d3hr.evaluate.students import create_student, list_students, register_student
-from d3hr.evaluate.train import soft_label_loss
+The names below are imported on first use (PEP 562): ``d3hr.evaluate.results`` (read by reports) needs no torch.
+"""
 
-__all__ = ["create_student", "evaluate", "list_students", "register_student", "soft_label_loss"]
+import importlib
+from typing import Any
+
+_NAMES = {"create_student": "students", "evaluate": "runner", "list_students": "students",
+          "register_student": "students", "soft_label_loss": "train"}
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'd3hr.evaluate' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"d3hr.evaluate.{_NAMES[name]}"), name)

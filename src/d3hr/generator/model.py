@@ -11,15 +11,20 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiTTransformer2DModel
 from diffusers.utils import logging as diffusers_logging
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from d3hr.data.images import match_channels
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.errors import D3HRError
 from d3hr.utils.io import write_json
+from d3hr.utils.progress import say
 
 INFO_FILE = "d3hr_generator.json"
-# The diffusion schedule of generators trained here (and of DiT): 1000 training steps, linear beta.
+# The diffusion schedule of DiT and of the generators trained here: 1000 training steps, linear beta 1e-4..0.02.
+# The one place this schedule is written; a pretrained generator without a scheduler config gets it too.
 SMALL_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+# Scheduler config values d3hr's DDIM follows (the diffusers defaults); a generator's config that differs is refused.
+FOLLOWED = {"trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False}
 
 
 @dataclass
@@ -182,11 +187,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu", preci
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise D3HRError(f"cannot load generator {source}: {first}") from None
-    schedule = dict(SMALL_SCHEDULE)  # DiT's, when the directory has no scheduler config
-    sched_file = local / "scheduler" / "scheduler_config.json"
-    if sched_file.is_file():
-        conf = json.loads(sched_file.read_text())
-        schedule = {k: conf.get(k, v) for k, v in schedule.items()}
+    schedule = generator_schedule(source)
     info_file = local / INFO_FILE
     info = json.loads(info_file.read_text()) if info_file.is_file() else {"source": source}
     if dit.config.in_channels != vae.config.latent_channels:
@@ -194,3 +195,35 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu", preci
                         f"{vae.config.latent_channels}")
     gen = Generator(vae, dit, make_alphas_cumprod(**schedule), schedule, info, precision)
     return gen.to(device).eval()
+
+
+def generator_schedule(source: str | Path) -> dict[str, Any]:
+    """The diffusion schedule (SMALL_SCHEDULE's keys) in the scheduler config of a diffusers generator directory or
+    hub id (``scheduler/scheduler_config.json``), so that alphas_cumprod are the generator's own.
+
+    A generator without a scheduler config (no ``scheduler/`` folder; for a hub id, the hub answers that the file
+    does not exist) gets DiT's schedule, SMALL_SCHEDULE, and a note on stderr saying so. A config that cannot be
+    read (or, for a hub id, fetched) or that d3hr cannot follow (trained betas, a prediction other than eps) is a
+    D3HRError. Grid settings of the config (timestep_spacing, steps_offset, set_alpha_to_one) are not used: d3hr
+    walks its own grid (d3hr.diffusion.ddim.DDIMGrid).
+    """
+    source = str(source)
+    try:
+        conf = DDIMScheduler.load_config(source, subfolder="scheduler")
+    except OSError as exc:
+        local = Path(source)
+        absent = (not (local / "scheduler").exists() if local.is_dir() else
+                  isinstance(exc.__context__, EntryNotFoundError)  # the hub's answer, kept by diffusers' OSError
+                  and not isinstance(exc.__context__, LocalEntryNotFoundError))  # offline and not cached: unknown
+        if not absent:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise D3HRError(f"cannot read the scheduler config of generator {source}: {first}") from None
+        say(f"[generator] {source} has no scheduler config: using DiT's diffusion schedule {SMALL_SCHEDULE}")
+        return dict(SMALL_SCHEDULE)
+    unfit = {k: conf[k] for k, ok in FOLLOWED.items() if k in conf and conf[k] != ok}
+    if conf.get("beta_schedule", "linear") not in ("linear", "scaled_linear"):
+        unfit["beta_schedule"] = conf["beta_schedule"]
+    if unfit:
+        raise D3HRError(f"generator {source}: its scheduler config sets {unfit}; d3hr follows eps-predicting "
+                        "generators with a linear or scaled_linear beta schedule")
+    return {k: conf.get(k, v) for k, v in SMALL_SCHEDULE.items()}

@@ -22,7 +22,7 @@ from d3hr.errors import D3HRError
 from d3hr.evaluate.results import read_results
 from d3hr.report.grid import class_row
 from d3hr.runfolder import class_folders
-from d3hr.utils.io import atomic_path, load_tensors, read_json
+from d3hr.utils.io import atomic_path, load_arrays, read_json
 from d3hr.utils.schema import STAGES, Obj, check, check_manifest
 
 STAGE_ORDER = ("generator", "invert", "select", "generate")
@@ -54,7 +54,7 @@ def write_report(run_dir: str | Path, per_class: int = 10, max_classes: int = 10
     config = _read_config(root / "config.yaml")
     stages = (check(read_json(root / "stages.json"), STAGES, root / "stages.json") if (root / "stages.json").is_file()
               else manifest.get("stages") or {})
-    stats = load_tensors(root / "stats.safetensors") if (root / "stats.safetensors").is_file() else None
+    stats = load_arrays(root / "stats.safetensors") if (root / "stats.safetensors").is_file() else None
     classes = _class_names(manifest, stats)
     body = [
         _header(root, manifest, config, stages, classes),
@@ -279,12 +279,12 @@ def _normality(stats: tuple[dict, dict[str, Any]] | None, invert: dict[str, Any]
 
 
 def _values(t: Any, keep: Any) -> np.ndarray | None:
-    """The finite entries of a (C, D) tensor, rows of classes in ``keep`` only; None when absent."""
+    """The finite entries of a (C, D) array, rows of classes in ``keep`` only; None when absent."""
     if t is None:
         return None
     if keep is not None and keep.shape[0] == t.shape[0]:
         t = t[keep]
-    a = t.double().numpy().ravel()
+    a = np.asarray(t, dtype=np.float64).ravel()
     return a[np.isfinite(a)]
 
 

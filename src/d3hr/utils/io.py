@@ -1,4 +1,7 @@
-"""Atomic, portable file io: every artifact is written to a temporary name, then renamed."""
+"""Atomic, portable file io: every artifact is written to a temporary name, then renamed.
+
+torch is imported only by the functions that need it: reading a run (d3hr verify, d3hr report) does not.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from d3hr.errors import D3HRError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
 
 
 @contextlib.contextmanager
@@ -74,6 +78,8 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
     One metadata key only: safetensors stores metadata in a hash map whose order varies between processes, so
     several keys would make the bytes of identical artifacts differ from run to run.
     """
+    from safetensors.torch import save_file
+
     meta = {"d3hr": json.dumps(metadata, sort_keys=True)}
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path, ".safetensors") as tmp:
@@ -81,16 +87,25 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load a safetensors file and its JSON-decoded metadata."""
+    """Load a safetensors file as torch tensors, and its JSON-decoded metadata."""
+    return _load(path, "pt")
+
+
+def load_arrays(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Load a safetensors file as numpy arrays (no torch needed), and its JSON-decoded metadata."""
+    return _load(path, "np")
+
+
+def _load(path: str | os.PathLike, framework: str) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise D3HRError(f"missing file: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework=framework) as f:
             raw = f.metadata() or {}
-        tensors = load_file(str(path))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
         meta = json.loads(raw.get("d3hr", "{}"))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise D3HRError(f"corrupt safetensors file {path}: {exc}") from exc
