@@ -104,3 +104,14 @@ def test_report_and_verify_commands(digits_run, capsys):
     assert "data:image/png;base64," in html and "Normality" in html
     assert main(["verify", str(digits_run)]) == 0
     assert "matches its manifest" in capsys.readouterr().out
+
+
+def test_evaluate_takes_a_yaml_file_and_set_overrides(digits_run, tmp_path, capsys):
+    from d3hr.utils.io import read_json
+
+    settings = tmp_path / "eval.yaml"
+    settings.write_text("labels: hard\nseeds: 2\nepochs: 50\n")
+    assert main(["evaluate", str(digits_run), "--config", str(settings), "--set", "epochs=1", "--seeds", "1"]) == 0
+    records = [(r["labels"], r["recipe"], r["epochs"], r["seed"])
+               for r in read_json(digits_run / "eval" / "results.json")["records"] if r["labels"] == "hard"]
+    assert records == [("hard", "dc", 1, 0)]  # the file's labels, --set's epochs, the flag's seeds

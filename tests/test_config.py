@@ -57,3 +57,18 @@ def test_bad_yaml_file(tmp_path):
     p.write_text(yaml.safe_dump({"selct": {"ipc": 1}}))
     with pytest.raises(D3HRError, match="did you mean 'select'"):
         load_config(p)
+
+
+def test_eval_config_yaml_overrides_and_typo_hints(tmp_path):
+    from d3hr.config import EvalConfig, load_eval_config
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("student: resnet18\nlabels: hard\nepochs: 40\n")
+    cfg = load_eval_config(path, [nest("epochs", 7), nest(*parse_override("augment=false"))])
+    assert (cfg.student, cfg.labels, cfg.epochs, cfg.augment, cfg.seeds) == ("resnet18", "hard", 7, False, 3)
+    assert load_eval_config(None, [yaml.safe_load(cfg.to_yaml())]) == cfg  # round trip
+    assert EvalConfig().to_dict()["recipe"] is None
+    with pytest.raises(D3HRError, match="unknown config key 'seed'; did you mean 'seeds'"):
+        load_eval_config(None, [nest("seed", 2)])
+    with pytest.raises(D3HRError, match="labels must be soft or hard, got 'both'"):
+        load_eval_config(None, [nest("labels", "both")])

@@ -124,16 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
     p.add_argument("run", help="run folder")
-    p.add_argument("--student", default="convnet", help="convnet, convnet_d4, resnet18 or a torchvision model name")
+    p.add_argument("--config", help="YAML file of evaluation settings (d3hr.config.EvalConfig)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any evaluation setting, e.g. --set best_of_last=10 (repeatable)")
+    p.add_argument("--student", help="convnet (default), convnet_d4, resnet18 or a torchvision model name")
     p.add_argument("--labels", choices=["soft", "hard"], help="default: the recipe's (soft without --recipe)")
     p.add_argument("--recipe", help="training recipe (default: rded for soft labels, dc for hard, dc-full with --full)")
-    p.add_argument("--seeds", type=int, default=3, help="number of student seeds (0..n-1)")
+    p.add_argument("--seeds", type=int, help="number of student seeds (0..n-1; default 3)")
     p.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation (DD-Ranking ARS)")
-    p.add_argument("--full", action="store_true", help="train on the whole real training split (the upper bound)")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                   help="train without augmentation (DD-Ranking ARS)")
+    p.add_argument("--full", action="store_true", default=None,
+                   help="train on the whole real training split (the upper bound)")
     p.add_argument("--teacher", help="teacher architecture for soft labels (default: convnet)")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher if it must be trained")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", help="cpu (default), cuda, ...")
     return parser
 
 
@@ -147,14 +152,24 @@ def _sub_parser(debug: argparse.ArgumentParser) -> type[argparse.ArgumentParser]
     return SubParser
 
 
+# `d3hr compare` and `d3hr finetune` flags -> dotted Config keys; `d3hr evaluate` flags -> EvalConfig fields.
+COMPARE_FLAGS = {flag: FLAGS[flag] for flag in ("dataset", "root", "limit", "generator", "device")}
+FINETUNE_FLAGS = {**{flag: FLAGS[flag] for flag in ("dataset", "root", "limit", "image_size", "generator", "class_map",
+                                                    "device")}, "epochs": "generator.dit.epochs"}
+EVAL_FLAGS = {name: name for name in ("student", "labels", "recipe", "seeds", "epochs", "augment", "full", "teacher",
+                                      "teacher_epochs", "device")}
+
+
+def overrides_from(args: argparse.Namespace, flags: dict[str, str]) -> list[dict[str, Any]]:
+    """The one override builder of every command: the dotted keys of the ``flags`` given (not None), then every
+    ``--set key=value``, in that order (later ones win)."""
+    out = [nest(key, getattr(args, flag)) for flag, key in flags.items() if getattr(args, flag, None) is not None]
+    return out + [nest(*parse_override(s)) for s in getattr(args, "set", None) or []]
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """Defaults, then RUN/config.yaml if the run exists, then --config, then flags and --set overrides."""
-    overrides: list[dict[str, Any]] = []
-    for flag, key in FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides.append(nest(key, value))
-    overrides += [nest(*parse_override(s)) for s in args.set]
+    overrides = overrides_from(args, FLAGS)
     base = None
     if args.out and (Path(args.out) / "config.yaml").is_file() and owns(args.out, "run"):
         base = load_config(Path(args.out) / "config.yaml")
@@ -206,10 +221,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 def _compare(args: argparse.Namespace) -> int:
     from d3hr.compare import compare, parse_sweep
 
-    overrides = [nest(key, getattr(args, flag)) for flag, key in
-                 (("dataset", "data.name"), ("root", "data.root"), ("limit", "data.limit"),
-                  ("generator", "generator.path"), ("device", "device")) if getattr(args, flag) is not None]
-    base = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
+    base = load_config(args.config, overrides_from(args, COMPARE_FLAGS))
     sweep = parse_sweep(args.sweep) if args.sweep else None
     result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], _int_list(args.ipc, "--ipc"),
                      args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
@@ -224,12 +236,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _finetune(args: argparse.Namespace) -> int:
     from d3hr.generator.finetune import finetune
 
-    overrides = [nest(key, getattr(args, flag)) for flag, key in
-                 (("dataset", "data.name"), ("root", "data.root"), ("limit", "data.limit"),
-                  ("image_size", "data.image_size"), ("generator", "generator.path"),
-                  ("class_map", "generator.class_map"), ("epochs", "generator.dit.epochs"), ("device", "device"))
-                 if getattr(args, flag) is not None]
-    cfg = load_config(args.config, overrides + [nest(*parse_override(x)) for x in args.set])
+    cfg = load_config(args.config, overrides_from(args, FINETUNE_FLAGS))
     out = finetune(cfg, args.out, vae_epochs=args.vae_epochs)
     print(f"d3hr: wrote the fine-tuned generator {out}; use it with: d3hr distill --generator {out} ...")
     return 0
@@ -253,11 +260,10 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from d3hr.config import load_eval_config
     from d3hr.evaluate import evaluate
 
-    out = evaluate(args.run, student=args.student, labels=args.labels, seeds=args.seeds, epochs=args.epochs,
-                   teacher=args.teacher, teacher_epochs=args.teacher_epochs, device=args.device,
-                   recipe=args.recipe, augment=not args.no_augment, full=args.full)
+    out = evaluate(args.run, **load_eval_config(args.config, overrides_from(args, EVAL_FLAGS)).to_dict())
     print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
           f"results in {Path(args.run) / 'eval' / 'results.json'}")
     row = out["summary"]

@@ -253,33 +253,82 @@ def nest(key: str, value: Any) -> dict[str, Any]:
     return out
 
 
+def _read_yaml(path: str | Path) -> Any:
+    """A YAML file's content, or a one-line error naming the file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise D3HRError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise D3HRError(f"cannot read config file {path}: {exc}".splitlines()[0]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "malformed YAML"
+        raise D3HRError(f"config file {path} is not valid YAML: {first}") from None
+    except Exception as exc:  # PyYAML's constructors raise ValueError, KeyError, ... (2001-13-01, !!bool x)
+        msg = f"config file {path} is not valid YAML: {type(exc).__name__}: {exc}"
+        raise D3HRError(msg.splitlines()[0]) from None
+
+
+def _load(cfg: Any, path: str | Path | None, overrides: list[dict[str, Any]] | None) -> Any:
+    """``cfg`` (a config dataclass), then a YAML file, then override mappings, applied in place with type checks."""
+    if path is not None:
+        data = _read_yaml(path)
+        if data is not None:
+            _apply(cfg, data)
+    for item in overrides or []:
+        _apply(cfg, item)
+    return cfg
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[dict[str, Any]] | None = None,
     base: Config | None = None,
 ) -> Config:
     """Defaults (or ``base``), then a YAML file, then override mappings, validated."""
-    cfg = copy.deepcopy(base) if base is not None else Config()
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise D3HRError(f"config file not found: {path}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise D3HRError(f"cannot read config file {path}: {exc}".splitlines()[0]) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else "malformed YAML"
-            raise D3HRError(f"config file {path} is not valid YAML: {first}") from None
-        except Exception as exc:  # PyYAML's constructors raise ValueError, KeyError, ... (2001-13-01, !!bool x)
-            msg = f"config file {path} is not valid YAML: {type(exc).__name__}: {exc}"
-            raise D3HRError(msg.splitlines()[0]) from None
-        if data is not None:
-            _apply(cfg, data)
-    for item in overrides or []:
-        _apply(cfg, item)
+    cfg = _load(copy.deepcopy(base) if base is not None else Config(), path, overrides)
     validate(cfg)
+    return cfg
+
+
+@dataclass
+class EvalConfig:
+    """How ``d3hr evaluate`` scores a run: the student, the training recipe and its overrides, seeds and teacher.
+    YAML in (``--config``), dotted overrides (``--set epochs=100``) and typo hints as for ``Config``."""
+
+    student: str = "convnet"  # convnet | convnet_d4 | convnet_d5 | resnet18 | a torchvision model name
+    labels: str | None = None  # soft | hard; None: the recipe's (soft without a recipe)
+    recipe: str | None = None  # None: rded for soft labels, dc for hard, dc-full with full
+    seeds: int = 3  # student seeds 0..seeds-1
+    epochs: int | None = None  # None: the recipe's
+    augment: bool = True  # False: no augmentation (DD-Ranking's ARS)
+    full: bool = False  # train on the whole real training split (the upper bound)
+    teacher: str | None = None  # soft-label teacher architecture; None: convnet
+    teacher_epochs: int | None = None  # None: the teacher recipe's (or the most epochs of one cached)
+    best_of_last: int = 0  # > 0: also record the best top-1 of the last that many epochs (labelled so)
+    device: str = "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def load_eval_config(path: str | Path | None = None, overrides: list[dict[str, Any]] | None = None) -> EvalConfig:
+    """Defaults, then a YAML file, then override mappings, validated."""
+    cfg = _load(EvalConfig(), path, overrides)
+    checks = [(cfg.labels in (None, "soft", "hard"), f"labels must be soft or hard, got {cfg.labels!r}"),
+              (cfg.seeds >= 1, f"seeds must be >= 1, got {cfg.seeds}"),
+              (cfg.epochs is None or cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}"),
+              (cfg.teacher_epochs is None or cfg.teacher_epochs >= 1,
+               f"teacher_epochs must be >= 1, got {cfg.teacher_epochs}"),
+              (cfg.best_of_last >= 0, f"best_of_last must be >= 0, got {cfg.best_of_last}")]
+    for ok, msg in checks:
+        if not ok:
+            raise D3HRError(msg)
     return cfg
 
 

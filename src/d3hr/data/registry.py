@@ -139,18 +139,29 @@ DATASETS["cifar10"] = _torchvision("CIFAR10", 3)
 DATASETS["cifar100"] = _torchvision("CIFAR100", 3)
 
 
-@register("imagefolder")
-def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
-    """``root/train/<class>/*`` and ``root/test`` (or ``root/val``); classes are the sorted train folder names."""
+def _listed(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def _train_classes(cfg: DataConfig, needs: str) -> tuple[Path, Path, list[str]]:
+    """(root, root/train, the sorted class folder names under it), or a one-line error; ``needs`` says what --root
+    must hold."""
     if not cfg.root:
-        raise D3HRError("dataset 'imagefolder' needs --root with train/<class>/ folders")
+        raise D3HRError(f"dataset '{cfg.name}' needs --root ({needs})")
     root = Path(cfg.root)
     train = root / "train"
     if not train.is_dir():
-        raise D3HRError(f"imagefolder root {root} has no train/ folder")
+        raise D3HRError(f"{cfg.name} root {root} has no train/ folder")
     classes = sorted(p.name for p in train.iterdir() if p.is_dir())
     if not classes:
         raise D3HRError(f"{train} has no class folders")
+    return root, train, classes
+
+
+@register("imagefolder")
+def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
+    """``root/train/<class>/*`` and ``root/test`` (or ``root/val``); classes are the sorted train folder names."""
+    root, train, classes = _train_classes(cfg, "with train/<class>/ folders")
     if split == "train":
         folder = train
     else:
@@ -161,8 +172,7 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
     targets: list[int] = []
     for c, name in enumerate(classes):
         class_dir = folder / name
-        found = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if class_dir.is_dir() else []
+        found = _listed(class_dir)
         if split == "train" and not found:
             raise D3HRError(f"class folder {class_dir} has no images")
         files += found
@@ -170,24 +180,12 @@ def _imagefolder(cfg: DataConfig, split: str) -> ImageSet:
     return ImageSet("imagefolder", classes, np.asarray(targets, dtype=np.int64), 0, 0, files=files)
 
 
-def _listed(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
-
-
 @register("tiny-imagenet")
 def _tiny_imagenet(cfg: DataConfig, split: str) -> ImageSet:
     """Tiny-ImageNet's own layout: ``train/<wnid>/images/*.JPEG``; the test split is ``val/images/*`` labelled by
     ``val/val_annotations.txt`` (file, wnid, box). Classes are the sorted wnids (so ``--class-map imagenet``
     applies)."""
-    if not cfg.root:
-        raise D3HRError("dataset 'tiny-imagenet' needs --root (the folder with train/ and val/)")
-    root = Path(cfg.root)
-    train = root / "train"
-    if not train.is_dir():
-        raise D3HRError(f"tiny-imagenet root {root} has no train/ folder")
-    classes = sorted(p.name for p in train.iterdir() if p.is_dir())
-    if not classes:
-        raise D3HRError(f"{train} has no class folders")
+    root, train, classes = _train_classes(cfg, "the folder with train/ and val/")
     index = {wnid: c for c, wnid in enumerate(classes)}
     files: list[Path] = []
     targets: list[int] = []

@@ -140,6 +140,14 @@ class Context:
         return torch.cat([gen.encode(fit_to_model(self.train_set.load(idx[i : i + bs]), size, self.cfg.data.fit))
                           .cpu() for i in range(0, len(idx), bs)])
 
+    def unchanged(self, stage: str, key: str, output: str) -> bool:
+        """Whether ``stage`` already finished with ``key`` and RUN/``output`` exists (decided on rank 0, told to
+        every rank); says so when it did."""
+        done = self.world.broadcast(self.folder.done(stage, key, [output]) if self.world.is_main else None)
+        if done:
+            say(f"[{stage}] unchanged, skipped ({self.root / output})")
+        return bool(done)
+
     def record(self, stage: str, key: str, seconds: float, **extra: Any) -> None:
         """Record a finished stage in stages.json (rank 0)."""
         self.folder.record(stage, key, seconds, peak_rss_mb(), **extra)

@@ -17,7 +17,7 @@ from d3hr.distill.context import Context
 from d3hr.errors import D3HRError
 from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs
 from d3hr.utils.io import load_tensors, read_json, replace_dir, sha256_json, write_json
-from d3hr.utils.progress import progress, say
+from d3hr.utils.progress import progress
 
 NAME = "generate"
 
@@ -41,8 +41,7 @@ def run(ctx: Context, previous: str | None) -> str:
     """Write RUN/images/<i>_<class>/NNNNN.png (skipped when unchanged); returns the stage's key."""
     key = stage_key(ctx, previous)
     out = ctx.root / IMAGES
-    if ctx.world.broadcast(ctx.folder.done(NAME, key, [IMAGES]) if ctx.world.is_main else None):
-        say(f"[generate] unchanged, skipped ({out})")
+    if ctx.unchanged(NAME, key, IMAGES):
         return key
     t0 = time.time()
     tensors, meta = load_tensors(ctx.root / SELECTION)

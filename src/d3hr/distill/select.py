@@ -54,8 +54,7 @@ def run(ctx: Context, previous: str | None) -> str:
     ctx.check_data()
     key = stage_key(ctx, previous)
     out = ctx.root / SELECTION
-    if ctx.world.broadcast(ctx.folder.done(NAME, key, [SELECTION]) if ctx.world.is_main else None):
-        say(f"[select] unchanged, skipped ({out})")
+    if ctx.unchanged(NAME, key, SELECTION):
         return key
     t0 = time.time()
     details = ctx.spec.select(ctx, out, key)  # every rank calls it: group sampling shards pools over them
