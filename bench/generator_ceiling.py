@@ -35,8 +35,8 @@ from d3hr.config import load_config
 from d3hr.data import fit_to_model, fit_to_saved
 from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_invert, ddim_sample
-from d3hr.distill.pipeline import Run
-from d3hr.evaluate.runner import _open_run, evaluate, read_run_images
+from d3hr.distillation.pipeline import Run
+from d3hr.evaluation.runner import _open_run, evaluate, read_run_images
 from d3hr.runfolder import class_folder_names, save_class_pngs
 from d3hr.utils.folders import claim
 from d3hr.utils.io import read_json, sha256_file, write_json

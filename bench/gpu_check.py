@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, DiTTransformer2DModel
 
 from d3hr.diffusion import DDIMGrid, ddim_invert, ddim_sample
 from d3hr.diffusion.ddim import make_alphas_cumprod
-from d3hr.distill.group import select_groups
+from d3hr.distillation.group import select_groups
 from d3hr.generator import Generator
 from d3hr.generator.model import SMALL_SCHEDULE
 

@@ -6,8 +6,8 @@ What is measured, side by side in one run and on the same candidates:
   per-dimension mean mu, std sigma and skewness gamma it draws batches of candidate groups x = mu + sigma * z of shape
   (batch, IPC, D), computes each group's per-dimension mean, std (torch.std, unbiased) and skewness (biased Fisher,
   mean(d^3) / mean(d^2)^1.5), scores L = 1 ||mean - mu|| + 1 ||std - sigma|| + 0.5 ||skew - gamma|| and keeps the
-  best of m candidates. The z come from ``d3hr.distill.group.draw_candidates`` with the class's own pool, so the brute
-  force scores exactly the candidates that d3hr scores.
+  best of m candidates. The z come from ``d3hr.distillation.group.draw_candidates`` with the class's own pool, so the
+  brute force scores exactly the candidates that d3hr scores.
 * d3hr, per-class pools: ``select_groups(..., pools=None)``: every class draws and scores its own m candidates.
 * d3hr, shared pool: ``select_groups(..., pools=1)``: one pool of m candidates scored against all C classes at once
   by three (m x D) @ (D x C) products.
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from d3hr.distill.group import DRAW_BLOCK, draw_candidates, group_loss_reference, select_groups
+from d3hr.distillation.group import DRAW_BLOCK, draw_candidates, group_loss_reference, select_groups
 
 WEIGHTS = (1.0, 1.0, 0.5)  # lambda_mu, lambda_sigma, lambda_gamma of the paper
 TIE_RTOL = 1e-5

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from d3hr.distill.group import group_loss_reference, select_groups
+from d3hr.distillation.group import group_loss_reference, select_groups
 
 WEIGHTS = (1.0, 1.0, 0.5)
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from d3hr.evaluate.runner import _open_run, read_run_images
-from d3hr.evaluate.teacher import load_teacher, teacher_path, teacher_recipe
-from d3hr.evaluate.train import to_input
+from d3hr.evaluation.runner import _open_run, read_run_images
+from d3hr.evaluation.teacher import load_teacher, teacher_path, teacher_recipe
+from d3hr.evaluation.train import to_input
 
 
 def agreement(run: Path, arch: str = "convnet") -> tuple[int, float, float]:

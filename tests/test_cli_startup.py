@@ -64,7 +64,13 @@ def test_the_probe_sees_heavy_imports(run):
     assert "torch" in _heavy_after("import d3hr; d3hr.load_run")
 
 
-def test_api_names_stay_the_functions_once_their_subpackages_load():
-    """d3hr.distill and d3hr.evaluate are subpackages too: importing them must not take the API names."""
-    _heavy_after("import d3hr.distill.group, d3hr.evaluate.results\nimport d3hr\n"
+def test_api_names_and_package_names_are_disjoint():
+    """d3hr.distill and d3hr.evaluate are the API functions; the packages are d3hr.distillation and d3hr.evaluation."""
+    import pkgutil
+
+    import d3hr
+
+    packages = {m.name for m in pkgutil.iter_modules(d3hr.__path__)}
+    assert {"distillation", "evaluation"} <= packages and not packages & set(d3hr.__all__)
+    _heavy_after("import d3hr.distillation.group, d3hr.evaluation.results\nimport d3hr\n"
                  "assert callable(d3hr.distill) and callable(d3hr.evaluate), (d3hr.distill, d3hr.evaluate)")

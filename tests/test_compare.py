@@ -18,7 +18,7 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     out = tmp_path / "grid"
     args = ["compare", "--dataset", "digits", "--methods", "d3hr,random-real", "--ipc", "1", "--seeds", "2",
             "--labels", "soft", "--epochs", "2", "--out", str(out), *SETS]
-    runner = importlib.import_module("d3hr.evaluate.runner")
+    runner = importlib.import_module("d3hr.evaluation.runner")
     real = runner.train_model
     calls = {"n": 0, "stop_at": 3}
 
@@ -103,7 +103,7 @@ def _rows(method, recipe, tops, ipc=10):
 
 def test_paired_differences_and_dd_ranking_scores_from_the_cells():
     from d3hr.compare import markdown_table, paired_differences, paired_table, robust_scores, scores_table, summarise
-    from d3hr.evaluate.metrics import ars, lrs
+    from d3hr.evaluation.metrics import ars, lrs
 
     rows = (_rows("d3hr", "rded", [0.82, 0.83, 0.84]) + _rows("base-rs", "rded", [0.81, 0.81, 0.81])
             + _rows("random-real", "rded", [0.80, 0.80, 0.80]) + _rows("d3hr", "dc", [0.70, 0.70, 0.70])

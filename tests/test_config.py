@@ -14,7 +14,7 @@ def test_defaults_are_the_papers():
 
 
 def test_guidance_resolves_per_generator(tmp_path):
-    from d3hr.distill.pipeline import Run
+    from d3hr.distillation.pipeline import Run
     from d3hr.generator import build_small, save_generator
 
     assert Run(load_config(None, [nest("out", str(tmp_path))])).cfg.diffusion.guidance_scale == 1.0

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from d3hr.cli import main
 from d3hr.config import Config
 from d3hr.errors import D3HRError
-from d3hr.evaluate.results import read_results
+from d3hr.evaluation.results import read_results
 from d3hr.utils.folders import write_marker
 from d3hr.utils.io import write_json, write_text
 from tests.test_config_properties import LEAVES
@@ -93,7 +93,7 @@ def test_any_stages_file_gives_a_result_or_one_line(run, stages):
     write_json(run / "manifest.json", {"classes": {"0": "a", "1": "b"}, "files": {}})
     write_json(run / "stages.json", stages)
     _assert_one_line_or_fine(*_cli(["report", str(run)]))
-    from d3hr.distill.pipeline import Run
+    from d3hr.distillation.pipeline import Run
 
     try:
         assert isinstance(Run(Config(out=str(run))).state(), dict)

@@ -223,7 +223,7 @@ def test_ctrl_c_during_evaluate_is_exit_130(run, tmp_path, monkeypatch, capsys):
     def interrupted(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(importlib.import_module("d3hr.evaluate.runner"), "train_model", interrupted)
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.runner"), "train_model", interrupted)
     assert main(["evaluate", str(copy), "--labels", "hard", "--seeds", "1", "--epochs", "1"]) == 130
     assert capsys.readouterr().err == "d3hr: interrupted; rerun the same command to resume\n"
 

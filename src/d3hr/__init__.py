@@ -18,16 +18,8 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
 # public name -> the module that defines it
 _API = {**dict.fromkeys(("distill", "finetune", "generate", "invert", "load_run", "select", "train_generator"),
                         "d3hr.api"),
-        "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluate", "Config": "d3hr.config",
+        "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluation", "Config": "d3hr.config",
         "load_config": "d3hr.config", "D3HRError": "d3hr.errors"}
-
-# d3hr.distill and d3hr.evaluate are subpackages as well as API functions. Loading a package binds its name in the
-# parent (here) once, when it is first imported: load both now (their __init__ imports nothing heavy) and drop the
-# binding, so that the names stay the functions' and a later `import d3hr.distill.group` cannot take them.
-for _sub in ("distill", "evaluate"):
-    importlib.import_module(f"d3hr.{_sub}")
-    del globals()[_sub]
-del _sub
 
 __all__ = ["__version__", *sorted(_API)]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from d3hr.config import Config, load_config, nest
-from d3hr.distill.pipeline import Run
+from d3hr.distillation.context import Context
+from d3hr.distillation.pipeline import Run
 from d3hr.utils.io import load_tensors, read_json
 from d3hr.utils.schema import GENERATOR_POINTER, check, check_manifest
 
@@ -19,9 +20,22 @@ def _config(cfg: Config | None, overrides: dict[str, Any]) -> Config:
     return load_config(None, items, base=copy.deepcopy(cfg) if cfg is not None else None)
 
 
+def _teacher(ctx: Context, arch: str) -> tuple[Any, dict[str, Any]]:
+    """The evaluation teacher of the run's dataset (d3hr.evaluation.teacher), for methods that select with one."""
+    from d3hr.data import load_dataset
+    from d3hr.evaluation.teacher import get_teacher
+
+    return get_teacher(ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), arch, device=ctx.device, cache=ctx.cache())
+
+
+def _run(cfg: Config) -> Run:
+    """A run whose methods get the evaluation teacher from here: distillation itself does not import evaluation."""
+    return Run(cfg, teacher=_teacher)
+
+
 def train_generator(cfg: Config | None = None, **overrides: Any) -> Path:
     """Train (or reuse from the cache) the small generator for the run's dataset; returns its directory."""
-    run = Run(_config(cfg, overrides))
+    run = _run(_config(cfg, overrides))
     with run.locked():
         return run.stage_generator()
 
@@ -35,21 +49,21 @@ def finetune(cfg: Config, out: str | Path, vae_epochs: int = 0) -> Path:
 
 def invert(cfg: Config | None = None, **overrides: Any) -> Path:
     """Encode, invert to level K and fit per-class statistics; returns RUN/stats.safetensors."""
-    run = Run(_config(cfg, overrides))
+    run = _run(_config(cfg, overrides))
     with run.locked():
         return run.stage_invert()
 
 
 def select(cfg: Config | None = None, **overrides: Any) -> Path:
     """Choose the distilled set (group sampling, Base-RS or a baseline method); returns RUN/selection.safetensors."""
-    run = Run(_config(cfg, overrides))
+    run = _run(_config(cfg, overrides))
     with run.locked():
         return run.stage_select()
 
 
 def generate(cfg: Config | None = None, **overrides: Any) -> Path:
     """Sample the selected latents back to images; returns RUN/images."""
-    run = Run(_config(cfg, overrides))
+    run = _run(_config(cfg, overrides))
     with run.locked():
         path = run.stage_generate()
         run.write_manifest()
@@ -58,7 +72,7 @@ def generate(cfg: Config | None = None, **overrides: Any) -> Path:
 
 def distill(cfg: Config | None = None, **overrides: Any) -> dict[str, Any]:
     """Run every stage (skipping unchanged ones) and write the manifest; returns a summary of what was written."""
-    run = Run(_config(cfg, overrides))
+    run = _run(_config(cfg, overrides))
     t0 = time.time()
     with run.locked():
         run.stage_generate()

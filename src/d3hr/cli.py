@@ -261,7 +261,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from d3hr.config import load_eval_config
-    from d3hr.evaluate import evaluate
+    from d3hr.evaluation import evaluate
 
     out = evaluate(args.run, **load_eval_config(args.config, overrides_from(args, EVAL_FLAGS)).to_dict())
     print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
@@ -274,7 +274,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from d3hr.distill.methods import METHODS, method_names
+    from d3hr.distillation.methods import METHODS, method_names
 
     for name in method_names():
         m = METHODS[name]

@@ -8,7 +8,7 @@ first cell starts. A recipe fixes the training length, so every
 IPC of one invocation is trained for the same epochs (stated in each column header).
 
 Beside mean +- std: the paired difference per seed of methods that share candidate pools and seeds (D3HR against
-Base-RS) with a 95% t-interval, and DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluate.metrics) against random real
+Base-RS) with a 95% t-interval, and DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluation.metrics) against random real
 subsets trained under the same labels and recipe.
 """
 
@@ -24,8 +24,8 @@ import numpy as np
 
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
-from d3hr.evaluate.metrics import ars, hlr, ior, lrs, paired_t_interval
-from d3hr.evaluate.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe
+from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval
+from d3hr.evaluation.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe
 from d3hr.utils.dist import check_device
 from d3hr.utils.folders import claim
 from d3hr.utils.io import atomic_path, read_json, write_json, write_text
@@ -65,7 +65,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     ``seeds``). ``sweep`` = (dotted config key, values) adds one row per value.
     """
     from d3hr import api
-    from d3hr.evaluate import evaluate
+    from d3hr.evaluation import evaluate
 
     out = Path(out)
     check_grid(methods, ipcs, seeds, labels, student, epochs, sweep, teacher_epochs)
@@ -111,13 +111,13 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
                epochs: int | None, sweep: tuple[str, Sequence[Any]] | None = None,
                teacher_epochs: int | None = None) -> None:
     """Refuse a grid that cannot run to the end, with one line naming the value, before the first cell starts."""
-    from d3hr.evaluate.runner import LABELS
-    from d3hr.evaluate.students import check_student
+    from d3hr.evaluation.runner import LABELS
+    from d3hr.evaluation.students import check_student
 
     def positive(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
-    from d3hr.distill.methods import method_names
+    from d3hr.distillation.methods import method_names
 
     known = [*method_names(), FULL]
     checks = [
@@ -331,7 +331,7 @@ def scores_table(scores: list[dict[str, Any]]) -> str:
         v = entry.get(key)
         return f"{100 * v['mean']:.1f} ± {100 * v['std']:.1f}" if v else ""
 
-    lines = ["", "DD-Ranking scores (%; d3hr.evaluate.metrics): IOR against random real subsets under the same "
+    lines = ["", "DD-Ranking scores (%; d3hr.evaluation.metrics): IOR against random real subsets under the same "
              "recipe; HLR against the full-data row under the hard-label recipe; LRS, ARS (w = gamma = 0.5).", "",
              "| method | recipe | IPC | epochs | HLR | IOR | LRS | ARS |", "|---|---|---|---|---|---|---|---|"]
     for e in scores:

@@ -101,7 +101,7 @@ class DiffusionConfig:
 
 @dataclass
 class SelectConfig:
-    """What is distilled: a method of the registry (d3hr.distill.methods; `d3hr methods` lists them)."""
+    """What is distilled: a method of the registry (d3hr.distillation.methods; `d3hr methods` lists them)."""
 
     method: str = "d3hr"  # d3hr | base-rs | random-real | herding | kmeans-latent | base-ddpm
     ipc: int = 10

@@ -11,7 +11,7 @@ from PIL import Image
 
 from d3hr.cli import main
 from d3hr.config import load_config
-from d3hr.distill.pipeline import Run
+from d3hr.distillation.pipeline import Run
 from d3hr.generator.model import SMALL_SCHEDULE
 
 WNIDS = {"n01440764": 0, "n01443537": 1, "n15075141": 999}  # tench, goldfish, toilet tissue
@@ -108,7 +108,7 @@ def _photo_folder(root, classes, sizes=((256, 256), (300, 200), (200, 300)), per
 @pytest.mark.parametrize("save_size", [None, 224])
 def test_pretrained_256_generator_encodes_saves_and_evaluates_at_real_shapes(dit_xl_256, tmp_path, monkeypatch,
                                                                                save_size):
-    from d3hr.evaluate import runner
+    from d3hr.evaluation import runner
     from d3hr.generator.model import Generator
 
     seen, built = [], []

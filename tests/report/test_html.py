@@ -14,7 +14,7 @@ from PIL import Image
 
 from d3hr.config import Config
 from d3hr.errors import D3HRError
-from d3hr.evaluate.results import append_record
+from d3hr.evaluation.results import append_record
 from d3hr.report import write_report
 from d3hr.runfolder import safe_class_dir
 from d3hr.utils.io import save_tensors, write_json, write_text

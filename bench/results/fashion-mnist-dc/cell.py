@@ -5,7 +5,7 @@ import torch
 
 from d3hr import api
 from d3hr.config import load_config, nest
-from d3hr.evaluate import evaluate
+from d3hr.evaluation import evaluate
 
 ipc, seed, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 torch.set_num_threads(2)

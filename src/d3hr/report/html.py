@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate.results import read_results
+from d3hr.evaluation.results import read_results
 from d3hr.report.grid import class_row
 from d3hr.runfolder import class_folders
 from d3hr.utils.io import atomic_path, load_arrays, read_json

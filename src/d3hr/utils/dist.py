@@ -141,5 +141,11 @@ def rank_device(device: str, world: World) -> str:
 
 
 def _shutdown() -> None:
+    """At exit: wait until every rank is here, then tear the group down (a rank that tears down while another still
+    has gloo work in flight aborted the process, 'terminate called without an active exception')."""
     if torch.distributed.is_initialized():
+        try:
+            torch.distributed.barrier()
+        except RuntimeError:  # another rank is gone already: nothing left to wait for
+            pass
         torch.distributed.destroy_process_group()

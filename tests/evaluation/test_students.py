@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate import create_student, list_students
-from d3hr.evaluate.students import ConvNet
+from d3hr.evaluation import create_student, list_students
+from d3hr.evaluation.students import ConvNet
 
 
 @pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe, list_recipes, without_augmentation
+from d3hr.evaluation.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe, list_recipes, without_augmentation
 
 COMMON = {"precision": "fp32", "flip": None}
 PINNED = {

@@ -1,13 +1,13 @@
 """The orchestrator: the stages run forward, in one ordered loop, each skipped when unchanged.
 
-    generator -> invert -> select -> generate          (d3hr.distill.generator_stage, invert, select, generate)
+    generator -> invert -> select -> generate          (d3hr.distillation.generator_stage, invert, select, generate)
 
 Every stage module has ``NAME``, ``applies(ctx)`` (the method's spec says whether it needs a generator and the
 inverted statistics), ``stage_key(ctx, previous)`` and ``run(ctx, previous) -> key``. A stage's key is the sha256
 of its own configuration and of the key of the stage that ran before it (the data's identity for the first), so a
 change anywhere redoes that stage and everything after it; a stage whose key matches RUN/stages.json and whose
 outputs exist is skipped. Long stages write resumable partial state, and every artifact is written to a temporary
-name and renamed. The methods are in d3hr.distill.methods; the run folder's format in d3hr.runfolder.
+name and renamed. The methods are in d3hr.distillation.methods; the run folder's format in d3hr.runfolder.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from d3hr import __version__
 from d3hr.config import Config
 from d3hr.data.images import ImageSet
-from d3hr.distill import generate, generator_stage, invert, select
-from d3hr.distill.context import Context
+from d3hr.distillation import generate, generator_stage, invert, select
+from d3hr.distillation.context import Context, TeacherFn
 from d3hr.generator import Generator
 from d3hr.runfolder import (
     EVAL,
@@ -48,8 +48,9 @@ STAGES = (generator_stage, invert, select, generate)  # run in this order
 class Run:
     """One run: its context and the stages run forward up to the one asked for."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, teacher: TeacherFn | None = None):
         self.ctx = Context(cfg)
+        self.ctx.teacher = teacher  # for methods that select with the evaluation teacher (herding)
         self.keys: dict[str, str] = {}  # the key of every stage run so far in this process
 
     @property

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate.dsa import strategy_for
+from d3hr.evaluation.dsa import strategy_for
 
 AUGMENTS = ("rrc-cutmix", "rrc", "dsa", "crop-flip", "none")
 SCHEDULES = ("cosine", "step-half")

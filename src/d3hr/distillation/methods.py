@@ -3,7 +3,7 @@
 A method is one decorated select function (``@register_method``) that writes RUN/selection.safetensors and returns
 the details recorded in stages.json and the manifest. Its spec says whether the pipeline must provide a generator
 and the inverted per-class statistics, the latent level its selection is at, and the config fields its stage key
-hashes. ``d3hr methods`` lists them; d3hr.distill.select registers the built-in six.
+hashes. ``d3hr methods`` lists them; d3hr.distillation.select registers the built-in six.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def register_method(name: str, *, needs_generator: bool, needs_inversion: bool, 
 
 def get_method(name: str) -> Method:
     """The registered method ``name``, or a one-line error listing the known ones."""
-    import d3hr.distill.select  # noqa: F401  (registers the built-in methods)
+    import d3hr.distillation.select  # noqa: F401  (registers the built-in methods)
 
     if name not in METHODS:
         raise D3HRError(f"select.method must be one of {', '.join(METHODS)}, got {name!r}")
@@ -60,6 +60,6 @@ def get_method(name: str) -> Method:
 
 def method_names() -> list[str]:
     """Every registered method's name, built-in ones first."""
-    import d3hr.distill.select  # noqa: F401
+    import d3hr.distillation.select  # noqa: F401
 
     return list(METHODS)

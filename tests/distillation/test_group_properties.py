@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from d3hr.distill.group import (
+from d3hr.distillation.group import (
     DRAW_BLOCK,
     draw_candidates,
     group_loss,

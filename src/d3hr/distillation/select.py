@@ -1,6 +1,6 @@
 """The select stage and the built-in methods: D3HR's group sampling, Base-RS, and four baselines.
 
-Each method is one function registered with ``@register_method`` (d3hr.distill.methods). D3HR and Base-RS pick
+Each method is one function registered with ``@register_method`` (d3hr.distillation.methods). D3HR and Base-RS pick
 latents from the per-class statistics of the invert stage (level K); random-real and herding pick real training
 images (no generator); kmeans-latent decodes k-means centroids of VAE latents (level 0) and base-ddpm noises real
 latents forward to level K (the paper's Base-DDPM ablation). Every method writes RUN/selection.safetensors.
@@ -15,12 +15,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from d3hr.data import load_dataset
 from d3hr.diffusion import forward_noise
-from d3hr.distill.baselines import KMEANS_INIT, herding_indices, kmeans_centroids, penultimate_features, random_subset
-from d3hr.distill.context import Context, short_classes
-from d3hr.distill.group import select_groups
-from d3hr.distill.methods import register_method
+from d3hr.distillation.baselines import (
+    KMEANS_INIT,
+    herding_indices,
+    kmeans_centroids,
+    penultimate_features,
+    random_subset,
+)
+from d3hr.distillation.context import Context, short_classes
+from d3hr.distillation.group import select_groups
+from d3hr.distillation.methods import register_method
 from d3hr.errors import D3HRError
 from d3hr.runfolder import SELECTION, STATS
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json
@@ -28,7 +33,7 @@ from d3hr.utils.progress import progress, say
 from d3hr.utils.seeding import derive_seed, generator_for
 
 NAME = "select"
-HERDING_TEACHER = "convnet"  # the teacher (d3hr.evaluate.teacher) whose penultimate features herding uses
+HERDING_TEACHER = "convnet"  # the teacher (d3hr.evaluation.teacher) whose penultimate features herding uses
 RANDOM_DRAW = "uniform without replacement: torch.randperm seeded by sha256('seed:random-real:c')"
 _SELECT = ("select.ipc", "select.allow_short_classes")
 
@@ -168,17 +173,15 @@ def random_real(ctx: Context, out: Path, key: str) -> dict[str, Any]:
 @register_method("herding", needs_generator=False, needs_inversion=False, level="images", key_fields=_SELECT)
 def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     """Herding: greedy herding of training images on the evaluation teacher's penultimate features."""
-    from d3hr.evaluate.teacher import get_teacher
-
-    # Every rank takes part in getting the teacher (under torchrun it trains with DDP).
-    teacher, info = get_teacher(ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), HERDING_TEACHER,
-                                device=ctx.device, cache=ctx.cache())
+    if ctx.teacher is None:
+        raise D3HRError("method herding needs the evaluation teacher: run it through d3hr's API or CLI")
+    teacher, info = ctx.teacher(ctx, HERDING_TEACHER)  # every rank takes part (under torchrun it trains with DDP)
     if not ctx.world.is_main:
         return {}
     ipc, ds = ctx.cfg.select.ipc, ctx.train_set
     rows = _per_class(ctx, lambda c, idx: idx[herding_indices(penultimate_features(teacher, ds.load(idx.numpy())),
                                                               ipc)])
-    details = {"features": f"penultimate layer of the {HERDING_TEACHER} teacher (d3hr.evaluate.teacher)",
+    details = {"features": f"penultimate layer of the {HERDING_TEACHER} evaluation teacher",
                "teacher": info["path"], "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"],
                "teacher_test_top1": info["test_top1"]}
     return _write_rows(ctx, out, key, rows, [], details)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
-from d3hr.evaluate.augment import Augment, augment_batch, crop_boxes, cutmix, resized_crop
+from d3hr.evaluation.augment import Augment, augment_batch, crop_boxes, cutmix, resized_crop
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate import evaluate
-from d3hr.evaluate.recipes import get_recipe
-from d3hr.evaluate.teacher import load_teacher, weights_sha256
+from d3hr.evaluation import evaluate
+from d3hr.evaluation.recipes import get_recipe
+from d3hr.evaluation.teacher import load_teacher, weights_sha256
 from d3hr.utils.folders import write_marker
 from d3hr.utils.io import read_json, write_json
 
@@ -56,7 +56,7 @@ def test_soft_labels_write_records_skip_reruns_and_share_the_teacher(run_dir: Pa
         raise AssertionError("the cached teacher was retrained")
 
     # d3hr.evaluate is also the public function, so patch the module object, not a dotted path.
-    monkeypatch.setattr(importlib.import_module("d3hr.evaluate.teacher"), "_train_teacher", no_training)
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.teacher"), "_train_teacher", no_training)
     again = evaluate(run_dir, seeds=2, best_of_last=2, **FAST)
     assert (again["trained"], again["skipped"]) == (0, 2) and again["records"] == out["records"]
     more = evaluate(run_dir, seeds=[0, 1, 2], best_of_last=2, **FAST)

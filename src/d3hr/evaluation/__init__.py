@@ -1,6 +1,6 @@
 """Evaluation (DESIGN.md section 4): a cached teacher, students by name, soft- or hard-label training, test top-1.
 
-The names below are imported on first use (PEP 562): ``d3hr.evaluate.results`` (read by reports) needs no torch.
+The names below are imported on first use (PEP 562): ``d3hr.evaluation.results`` (read by reports) needs no torch.
 """
 
 import importlib
@@ -13,5 +13,5 @@ __all__ = sorted(_NAMES)
 
 def __getattr__(name: str) -> Any:
     if name not in _NAMES:
-        raise AttributeError(f"module 'd3hr.evaluate' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"d3hr.evaluate.{_NAMES[name]}"), name)
+        raise AttributeError(f"module 'd3hr.evaluation' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"d3hr.evaluation.{_NAMES[name]}"), name)

@@ -4,6 +4,7 @@ device and process group, and the generator once the generator stage has provide
 from __future__ import annotations
 
 import resource
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from d3hr.data import fit_to_model, load_raw, resolve_config
 from d3hr.data.identity import fingerprint
 from d3hr.data.images import ImageSet
 from d3hr.diffusion import DDIMGrid
-from d3hr.distill.methods import Method, get_method
+from d3hr.distillation.methods import Method, get_method
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, load_generator
 from d3hr.generator.model import SMALL_SCHEDULE, generator_shape
@@ -23,6 +24,9 @@ from d3hr.runfolder import RunFolder
 from d3hr.utils.dist import check_device, get_world, rank_device
 from d3hr.utils.folders import cache_dir
 from d3hr.utils.progress import say
+
+# (context, architecture) -> (teacher module in eval mode, its metadata with 'path', 'sha256', 'epochs', 'test_top1')
+TeacherFn = Callable[["Context", str], tuple[torch.nn.Module, dict[str, Any]]]
 
 
 def peak_rss_mb() -> float:
@@ -65,6 +69,7 @@ class Context:
         self.train_set: ImageSet = raw.reshaped(cfg.data.resolution, cfg.data.channels)
         self._fingerprint = fingerprint(raw, cfg.data.fingerprint)  # the files as found: content, not path
         self.generator_path: Path | None = None  # set by the generator stage
+        self.teacher: TeacherFn | None = None  # given by whoever runs the pipeline (d3hr.api)
         self._gen: Generator | None = None
 
     @property

@@ -16,15 +16,15 @@ from d3hr.config import DataConfig
 from d3hr.data import load_dataset
 from d3hr.diffusion import DDIMGrid, forward_noise
 from d3hr.diffusion.ddim import make_alphas_cumprod
-from d3hr.distill.baselines import (
+from d3hr.distillation.baselines import (
     herding_indices,
     kmeans_centroids,
     penultimate_features,
     random_subset,
 )
-from d3hr.evaluate.runner import read_run_images
-from d3hr.evaluate.students import ConvNet
-from d3hr.evaluate.teacher import get_teacher
+from d3hr.evaluation.runner import read_run_images
+from d3hr.evaluation.students import ConvNet
+from d3hr.evaluation.teacher import get_teacher
 from d3hr.generator.model import SMALL_SCHEDULE
 from d3hr.utils.io import load_tensors
 from tests.conftest import FAST_TRAIN
@@ -98,7 +98,7 @@ def _distill(run: Path, method: str) -> int:
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-    """Tiny models: one thread is much faster on a busy machine (see tests/evaluate/conftest.py)."""
+    """Tiny models: one thread is much faster on a busy machine (see tests/evaluation/conftest.py)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

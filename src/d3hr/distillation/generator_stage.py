@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from d3hr import __version__
-from d3hr.distill.context import Context
+from d3hr.distillation.context import Context
 from d3hr.generator.model import INFO_FILE
 from d3hr.generator.train import train_small
 from d3hr.runfolder import POINTER

@@ -3,7 +3,7 @@ import pytest
 import scipy.stats
 import torch
 
-from d3hr.distill.moments import Moments, normality_summary, normaltest_pvalues
+from d3hr.distillation.moments import Moments, normality_summary, normaltest_pvalues
 
 
 def _split_merge(x, labels, num_classes, sizes, order):

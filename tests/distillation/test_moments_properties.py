@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from d3hr.distill.moments import Moments
+from d3hr.distillation.moments import Moments
 
 RTOL = 1e-9
 FLOOR = 1e-250  # absolute floor: values near the bottom of float64's range round as subnormals

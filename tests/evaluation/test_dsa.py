@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from d3hr.evaluate import dsa
-from d3hr.evaluate.dsa import DSAParams, dsa_augment, parse_strategy, strategy_for
+from d3hr.evaluation import dsa
+from d3hr.evaluation.dsa import DSAParams, dsa_augment, parse_strategy, strategy_for
 
 P = DSAParams()
 

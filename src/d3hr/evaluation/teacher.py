@@ -1,5 +1,5 @@
 """The teacher that gives soft labels (and herding's features): trained once per dataset on the full training set
-under the ``teacher`` recipe (d3hr.evaluate.recipes), cached, identified by a sha256 of its weights, shared by every
+under the ``teacher`` recipe (d3hr.evaluation.recipes), cached, identified by a sha256 of its weights, shared by every
 method evaluated beside it.
 
 Cache layout, in d3hr's cache (generator.cache_dir, else $D3HR_CACHE, else ~/.cache/d3hr), shared by every run and
@@ -30,10 +30,10 @@ from d3hr.data import load_dataset, load_raw
 from d3hr.data.identity import fingerprint
 from d3hr.data.images import ImageSet
 from d3hr.errors import D3HRError
-from d3hr.evaluate.recipes import TEACHER_RECIPE, Recipe, get_recipe
-from d3hr.evaluate.results import file_lock
-from d3hr.evaluate.students import create_student
-from d3hr.evaluate.train import train_model
+from d3hr.evaluation.recipes import TEACHER_RECIPE, Recipe, get_recipe
+from d3hr.evaluation.results import file_lock
+from d3hr.evaluation.students import create_student
+from d3hr.evaluation.train import train_model
 from d3hr.utils.dist import get_world
 from d3hr.utils.folders import cache_dir
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json, write_json

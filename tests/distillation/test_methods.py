@@ -6,7 +6,7 @@ import torch
 
 from d3hr.cli import main
 from d3hr.config import load_config
-from d3hr.distill.methods import METHODS, get_method, method_names, register_method
+from d3hr.distillation.methods import METHODS, get_method, method_names, register_method
 from d3hr.errors import D3HRError
 from d3hr.utils.io import load_tensors, read_json
 
@@ -14,7 +14,7 @@ from d3hr.utils.io import load_tensors, read_json
 @pytest.fixture
 def first_images():
     """A toy method registered for one test: the first IPC training images of each class."""
-    from d3hr.distill.select import _write_rows
+    from d3hr.distillation.select import _write_rows
 
     @register_method("first-images", needs_generator=False, needs_inversion=False, level="images",
                      key_fields=("select.ipc",))
@@ -60,3 +60,13 @@ def test_one_spelling_per_method_and_old_configs_still_load(tmp_path):
     assert load_config(old).select.method == "base-rs"
     old.write_text("select:\n  method: d3hr\n  strategy: group\n")
     assert load_config(old).select.method == "d3hr"
+
+
+def test_distillation_does_not_import_evaluation():
+    import subprocess
+    import sys
+
+    code = ("import sys, d3hr.distillation.pipeline, d3hr.distillation.select\n"
+            "print(sorted(m for m in sys.modules if m.startswith('d3hr.evaluation')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"  # herding's teacher is handed in by d3hr.api

@@ -1,4 +1,4 @@
-"""Training and scoring one network under a named recipe (d3hr.evaluate.recipes): soft labels from a teacher
+"""Training and scoring one network under a named recipe (d3hr.evaluation.recipes): soft labels from a teacher
 (RDED / D3HR protocol) or hard labels (DC / DSA protocol).
 
 ``train_one_epoch`` and ``validate`` are plain functions (as in timm); ``train_model`` runs the epoch loop, sets the
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from d3hr.errors import D3HRError
-from d3hr.evaluate.augment import Augment, augment_batch
-from d3hr.evaluate.dsa import dsa_augment
-from d3hr.evaluate.recipes import Recipe
+from d3hr.evaluation.augment import Augment, augment_batch
+from d3hr.evaluation.dsa import dsa_augment
+from d3hr.evaluation.recipes import Recipe
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
 from d3hr.utils.dist import get_world
 from d3hr.utils.progress import progress

@@ -21,11 +21,11 @@ from d3hr.config import Config, load_config
 from d3hr.data import load_dataset
 from d3hr.data.images import ImageSet
 from d3hr.errors import D3HRError
-from d3hr.evaluate.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe, without_augmentation
-from d3hr.evaluate.results import append_record, read_results, record_key, summarise
-from d3hr.evaluate.students import check_student, create_student
-from d3hr.evaluate.teacher import flip_default, get_teacher
-from d3hr.evaluate.train import channel_stats, train_model
+from d3hr.evaluation.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe, without_augmentation
+from d3hr.evaluation.results import append_record, read_results, record_key, summarise
+from d3hr.evaluation.students import check_student, create_student
+from d3hr.evaluation.teacher import flip_default, get_teacher
+from d3hr.evaluation.train import channel_stats, train_model
 from d3hr.runfolder import IMAGES, MANIFEST, listed_images
 from d3hr.utils.dist import check_device, get_world, rank_device
 from d3hr.utils.folders import cache_dir, owns, writable_cache
@@ -43,7 +43,7 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str | None =
              best_of_last: int = 0, **overrides: Any) -> dict[str, Any]:
     """Train ``student`` on RUN/images for each seed and append its final-epoch test top-1 to RUN/eval/results.json.
 
-    ``recipe``: a named training recipe (d3hr.evaluate.recipes); default 'rded' for soft labels, 'dc' for hard
+    ``recipe``: a named training recipe (d3hr.evaluation.recipes); default 'rded' for soft labels, 'dc' for hard
     labels (``full``: 'dc-full'). ``epochs`` and ``overrides`` (batch_size, lr, weight_decay, temperature, flip,
     precision) replace the recipe's values; ``augment=False`` trains without augmentation (DD-Ranking's ARS).
     ``labels``: 'soft' (KL to the teacher) or 'hard' (cross-entropy); it must match the recipe's (None: the

@@ -56,9 +56,8 @@ def kmeans_centroids(x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def penultimate_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Inputs of ``model``'s last ``nn.Linear`` for uint8 images (N, C, H, W), scaled as in training: (N, D)."""
-    from d3hr.evaluate.train import to_input
-
+    """Inputs of ``model``'s last ``nn.Linear`` for uint8 images (N, C, H, W) given in [-1, 1], as the teacher
+    recipe trains: (N, D)."""
     head = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     device = next(model.parameters()).device
     feats: list[torch.Tensor] = []
@@ -66,7 +65,7 @@ def penultimate_features(model: nn.Module, images: torch.Tensor) -> torch.Tensor
     try:
         model.eval()
         for i in range(0, len(images), FEATURE_BATCH):
-            model(to_input(images[i : i + FEATURE_BATCH].to(device)))
+            model(images[i : i + FEATURE_BATCH].to(device).float() / 127.5 - 1.0)
     finally:
         hook.remove()
     return torch.cat(feats)

@@ -13,7 +13,7 @@ import torch
 from d3hr.data import fit_to_model, fit_to_saved
 from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_sample
-from d3hr.distill.context import Context
+from d3hr.distillation.context import Context
 from d3hr.errors import D3HRError
 from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs
 from d3hr.utils.io import load_tensors, read_json, replace_dir, sha256_json, write_json

@@ -3,7 +3,7 @@ import importlib
 import pytest
 import torch
 
-from d3hr.distill.group import (
+from d3hr.distillation.group import (
     DRAW_BLOCK,
     draw_candidates,
     group_loss,
@@ -99,7 +99,7 @@ def test_draws_do_not_depend_on_how_they_are_split():
 @pytest.mark.parametrize(("ipc", "dim"), [(3, 1000), (10, 33), (2, 4096)])
 def test_z_stats_same_bits_at_any_slice_or_split(monkeypatch, ipc, dim):
     """Cache-sized slices and caller-side splits (draw blocks, chunks, processes) must not change a single bit."""
-    group = importlib.import_module("d3hr.distill.group")  # the module (d3hr.distill is also the api function)
+    group = importlib.import_module("d3hr.distillation.group")  # the module (d3hr.distill is also the api function)
     z = draw_candidates(1, 0, 0, 300, ipc, dim)
     monkeypatch.setattr(group, "SLICE_ELEMENTS", 1 << 40)  # one slice: every op sees the whole (300, ipc, D)
     whole = group_z_stats(z)
@@ -123,7 +123,7 @@ def test_z_stats_write_into_given_buffers():
 def test_adjusted_skewness_is_scipys_unbiased_estimator_and_zero_for_two() -> None:
     from scipy import stats as sps
 
-    from d3hr.distill.group import group_z_stats, select_groups, skew_factor
+    from d3hr.distillation.group import group_z_stats, select_groups, skew_factor
 
     z = torch.randn(5, 10, 7, generator=torch.Generator().manual_seed(0), dtype=torch.float64).float()
     _, _, g1 = group_z_stats(z.clone())

@@ -17,8 +17,8 @@ import torch
 
 from d3hr.data import fit_to_model
 from d3hr.diffusion import DDIMGrid, ddim_invert
-from d3hr.distill.context import Context
-from d3hr.distill.moments import Moments, normality_summary
+from d3hr.distillation.context import Context
+from d3hr.distillation.moments import Moments, normality_summary
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator
 from d3hr.runfolder import STATS, STATS_PARTIAL

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from d3hr.evaluate.metrics import ars, hlr, ior, lrs, paired_t_interval, unit_score
+from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval, unit_score
 
 
 def test_paired_interval_by_hand() -> None:

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from d3hr.evaluate import create_student, soft_label_loss
-from d3hr.evaluate import train as train_mod
-from d3hr.evaluate.recipes import get_recipe
-from d3hr.evaluate.train import lr_at, make_optimizer, param_groups, train_model
+from d3hr.evaluation import create_student, soft_label_loss
+from d3hr.evaluation import train as train_mod
+from d3hr.evaluation.recipes import get_recipe
+from d3hr.evaluation.train import lr_at, make_optimizer, param_groups, train_model
 
 
 def test_soft_label_loss_is_kl_times_t_squared() -> None:
