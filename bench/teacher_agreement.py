@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from d3hr.evaluation.runner import _open_run, read_run_images
-from d3hr.evaluation.teacher import load_teacher, teacher_path, teacher_recipe
+from d3hr.evaluation.teacher import load_teacher, teacher_dir, teacher_path, teacher_recipe
 from d3hr.evaluation.train import to_input
 
 
@@ -26,8 +26,8 @@ def agreement(run: Path, arch: str = "convnet") -> tuple[int, float, float]:
     """(images, share the teacher assigns to their own class, mean teacher probability of their own class)."""
     cfg, test, manifest = _open_run(run)
     images, targets, _ = read_run_images(run, test, manifest)
-    cache = cfg.generator.cache_dir
-    path = teacher_path(cfg.data, test, arch, teacher_recipe(cfg.data, test, arch, cache=cache), cache)
+    folder = teacher_dir(cfg.data, test, cfg.generator.cache_dir)
+    path = teacher_path(folder, arch, teacher_recipe(folder, cfg.data, arch))
     if not path.is_file():
         raise SystemExit(f"{run}: no cached teacher at {path} (evaluate the grid with soft labels first)")
     teacher, _ = load_teacher(path)

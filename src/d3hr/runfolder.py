@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from d3hr.errors import D3HRError
-from d3hr.utils.folders import claim
+from d3hr.utils.folders import MARKER, claim
 from d3hr.utils.io import read_json, replace_dir, sha256_file, write_json, write_text
 from d3hr.utils.schema import STAGES as STAGES_SPEC
 from d3hr.utils.schema import check
@@ -30,6 +30,22 @@ CONFIG, STAGES_FILE, MANIFEST, POINTER = "config.yaml", "stages.json", "manifest
 STATS, STATS_PARTIAL, SELECTION = "stats.safetensors", "stats.partial.safetensors", "selection.safetensors"
 IMAGES, IMAGES_PARTIAL, EVAL, REPORT = "images", "images.partial", "eval", "report.html"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+# The files of a run that its manifest lists (besides the PNGs of the class folders d3hr wrote under images/) ...
+RUN_LISTED = (CONFIG, POINTER, STATS, SELECTION, STAGES_FILE)
+# ... and those d3hr writes there without listing them: d3hr verify does not report these.
+RUN_UNLISTED = (MARKER, ".lock", MANIFEST, REPORT)
+RUN_UNLISTED_FOLDERS = (EVAL, IMAGES_PARTIAL)  # evaluation records; generation in progress
+
+def is_own_unlisted(rel: str) -> bool:
+    """Whether the run file at POSIX path ``rel`` is one d3hr writes without listing it in the manifest: RUN_UNLISTED,
+    anything under RUN_UNLISTED_FOLDERS, partial inversion state, or a temporary file of an interrupted write."""
+    parts = rel.split("/")
+    name = parts[-1]
+    temporary = name.startswith(".") and (".tmp" in name or name.endswith(".old"))
+    in_old = any(p.startswith(".") and p.endswith(".old") for p in parts[:-1])  # replace_dir's previous folder
+    return rel in RUN_UNLISTED or rel == STATS_PARTIAL or parts[0] in RUN_UNLISTED_FOLDERS or temporary or in_old
+
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._ +-]+")
 

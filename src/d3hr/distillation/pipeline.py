@@ -31,13 +31,14 @@ from d3hr.runfolder import (
     IMAGES,
     POINTER,
     REPORT,
+    RUN_LISTED,
     SELECTION,
     STATS,
     STATS_PARTIAL,
     class_folder_names,
     image_name,
 )
-from d3hr.utils.folders import RUN_LISTED, writable_cache
+from d3hr.utils.folders import writable_cache
 from d3hr.utils.io import read_json
 from d3hr.utils.progress import say
 from d3hr.utils.schema import GENERATOR_POINTER, check

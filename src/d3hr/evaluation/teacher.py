@@ -69,19 +69,19 @@ def recipe_key(recipe: Recipe) -> str:
     return sha256_json({k: v for k, v in recipe.settings().items() if k != "epochs"})[:12]
 
 
-def teacher_path(data: DataConfig, test: ImageSet, arch: str, recipe: Recipe, cache: str | Path | None = None) -> Path:
-    """The cache file of the ``arch`` teacher trained under ``recipe`` (resolved for the dataset)."""
-    return teacher_dir(data, test, cache) / f"{arch}-{recipe_key(recipe)}-{recipe.epochs}ep.safetensors"
+def teacher_path(folder: Path, arch: str, recipe: Recipe) -> Path:
+    """The cache file of the ``arch`` teacher trained under ``recipe`` (resolved for the dataset) in the dataset's
+    ``folder`` (``teacher_dir``)."""
+    return folder / f"{arch}-{recipe_key(recipe)}-{recipe.epochs}ep.safetensors"
 
 
-def teacher_recipe(data: DataConfig, test: ImageSet, arch: str, epochs: int | None = None,
-                   cache: str | Path | None = None) -> Recipe:
+def teacher_recipe(folder: Path, data: DataConfig, arch: str, epochs: int | None = None) -> Recipe:
     """The ``teacher`` recipe for this dataset with ``epochs``; None: the most epochs of a teacher already cached
-    under it, else the recipe's own."""
+    under it in ``folder`` (``teacher_dir``), else the recipe's own."""
     base = get_recipe(TEACHER_RECIPE).resolve(flip_default(data.name))
     if epochs is None:
         stem = f"{arch}-{recipe_key(base)}-"
-        cached = [int(m.group(1)) for p in teacher_dir(data, test, cache).glob(f"{stem}*ep.safetensors")
+        cached = [int(m.group(1)) for p in folder.glob(f"{stem}*ep.safetensors")
                   if (m := re.fullmatch(re.escape(stem) + r"(\d+)ep", p.stem))]
         epochs = max(cached, default=base.epochs)
     return replace(base, epochs=epochs)
@@ -124,8 +124,9 @@ def get_teacher(data: DataConfig, test: ImageSet, arch: str = "convnet", epochs:
     ``epochs`` None: the cached teacher of the ``teacher`` recipe with the most epochs, or a new one with the
     recipe's epochs; else the teacher of exactly that many epochs.
     """
-    recipe = teacher_recipe(data, test, arch, epochs, cache)
-    path = teacher_path(data, test, arch, recipe, cache)
+    folder = teacher_dir(data, test, cache)  # fingerprints the train and test images: once per call
+    recipe = teacher_recipe(folder, data, arch, epochs)
+    path = teacher_path(folder, arch, recipe)
     device = torch.device(device)
     world = get_world()
     if world.distributed:  # torchrun: every rank trains it together (DDP), rank 0 writes it
@@ -155,7 +156,7 @@ def _train_teacher(path: Path, data: DataConfig, test: ImageSet, arch: str, reci
     result = train_model(model, train.load(range(len(train))), torch.as_tensor(train.targets), recipe, TEACHER_SEED,
                          test=(test_pixels, torch.as_tensor(test.targets)), desc=f"teacher {arch}",
                          checkpoint=partial, checkpoint_seconds=0.0)
-    meta = {"arch": arch, "dataset": data.name, "dataset_key": dataset_key(data, test), "classes": test.classes,
+    meta = {"arch": arch, "dataset": data.name, "dataset_key": path.parent.name, "classes": test.classes,
             "num_classes": len(test.classes), "channels": test.channels, "resolution": test.resolution,
             "epochs": recipe.epochs, "seed": TEACHER_SEED, "train_images": len(train), "test_images": len(test),
             "test_top1": result.top1, "recipe": recipe.name, "setup": recipe.settings(),

@@ -23,24 +23,6 @@ MARKER = ".d3hr-run"
 MARKER_VERSION = 1
 KINDS = {"run": "run folder", "compare": "compare folder", "generator": "fine-tuned generator folder"}
 
-# The files of a run that its manifest lists (besides the PNGs of the class folders d3hr wrote under images/) ...
-RUN_LISTED = ("config.yaml", "generator.json", "stats.safetensors", "selection.safetensors", "stages.json")
-# ... and those d3hr writes there without listing them: d3hr verify does not report these.
-RUN_UNLISTED = (MARKER, ".lock", "manifest.json", "report.html")
-RUN_UNLISTED_FOLDERS = ("eval", "images.partial")  # evaluation records; generation in progress
-RUN_PARTIAL = "stats.partial.safetensors"  # inversion in progress
-
-
-def is_own_unlisted(rel: str) -> bool:
-    """Whether the run file at POSIX path ``rel`` is one d3hr writes without listing it in the manifest: RUN_UNLISTED,
-    anything under RUN_UNLISTED_FOLDERS, partial state, or a temporary file of an interrupted write."""
-    parts = rel.split("/")
-    name = parts[-1]
-    temporary = name.startswith(".") and (".tmp" in name or name.endswith(".old"))
-    in_old = any(p.startswith(".") and p.endswith(".old") for p in parts[:-1])  # replace_dir's previous folder
-    return (rel in RUN_UNLISTED or rel == RUN_PARTIAL or parts[0] in RUN_UNLISTED_FOLDERS or temporary or in_old)
-
-
 def _legacy_run(path: Path) -> bool:
     return (path / "manifest.json").is_file() or (path / "stages.json").is_file()
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from d3hr.errors import D3HRError
-from d3hr.utils.folders import is_own_unlisted
+from d3hr.runfolder import is_own_unlisted
 from d3hr.utils.io import read_json, sha256_file
 from d3hr.utils.schema import check_manifest
 
@@ -15,7 +15,7 @@ def verify(path: str | Path) -> list[str]:
     """Compare every file listed in RUN/manifest.json with its sha256; returns one line per problem (none: intact).
 
     Reports files that changed, files that are missing, and every file in the run folder that the manifest does not
-    list, except those d3hr writes there unlisted (d3hr.utils.folders.is_own_unlisted: eval/, report.html, ...).
+    list, except those d3hr writes there unlisted (d3hr.runfolder.is_own_unlisted: eval/, report.html, ...).
     """
     root = Path(path)
     if not (root / "manifest.json").is_file():
