@@ -63,7 +63,7 @@ def test_killed_during_inversion_resumes_identically(reference, tmp_path, capsys
     assert not (run / "stats.safetensors").exists()
     monkeypatch.setenv("D3HR_QUIET", "0")
     assert main(["distill", *ARGS, "--out", str(run)]) == 0
-    assert "[invert] resuming at batch" in capsys.readouterr().err
+    assert "[invert] resuming at round" in capsys.readouterr().err
     assert _digests(run) == _digests(reference)
 
 

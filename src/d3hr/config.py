@@ -89,7 +89,11 @@ class DiffusionConfig:
     """DDIM inversion and sampling (DESIGN.md section 2)."""
 
     num_steps: int = 50  # N: DDIM grid steps over the generator's training timesteps
-    inversion_steps: int = 31  # K: grid steps walked up by inversion and back down by sampling
+    # K: grid steps walked up by inversion and back down by sampling; auto: chosen from the data among
+    # auto_levels by the normality rule of d3hr.distillation.depth (one inversion pass to the deepest level)
+    inversion_steps: int | str = 31
+    auto_levels: list[int] = field(default_factory=lambda: [10, 15, 20, 25, 31, 40])  # candidates for K=auto
+    auto_rise: float = 0.02  # K=auto: the smallest level after which the share of normal dimensions rises less
     # Classifier-free guidance, same scale both ways. None: 4.0 (the authors' value for DiT-XL/2) with a pretrained
     # generator, 1.0 with a small one trained here (measured on digits: 4.0 made inverted latents less normal and
     # only 46% of distilled images recognisable by a real-data classifier, against 99% at 1.0).
@@ -97,6 +101,19 @@ class DiffusionConfig:
     encode: str = "mean"  # mean (posterior mean, deterministic) | sample (seeded posterior sample)
     batch_size: int = 256  # images per inversion batch (fixed work unit for streaming moments)
     precision: str = "fp32"  # fp32 | bf16 (autocast) for the model calls in inversion and sampling
+
+
+@dataclass
+class InvertConfig:
+    """Which training images the invert stage maps: each class in a seeded random order, until the standard errors
+    of its moments are small against what group sampling resolves at the run's IPC (d3hr.distillation.subsample)."""
+
+    # auto: the tolerance rule decides | N: at most N per class (and the rule) | all: every image in dataset order,
+    # rule off (the behaviour before subsampling)
+    per_class: int | str = "auto"
+    tolerance: float | None = 0.2  # stop a class when its relative standard errors are <= this; null: no rule
+    check_every: int = 50  # images per class between two checks of the rule (a round)
+    seed: int | None = None  # the visiting order's seed; null: the run's seed
 
 
 @dataclass
@@ -130,6 +147,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    invert: InvertConfig = field(default_factory=InvertConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -159,7 +177,12 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], name)
+        for tp_ in inner[:-1]:  # int | str: a number if it reads as one, else the word (auto, all)
+            try:
+                return _coerce(value, tp_, name)
+            except D3HRError:
+                pass
+        return _coerce(value, inner[-1], name)
     if origin is list:
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
@@ -352,6 +375,31 @@ def _generator_checks(g: GeneratorConfig) -> list[tuple[bool, str]]:
     return checks
 
 
+def _depth_checks(d: DiffusionConfig) -> list[tuple[bool, str]]:
+    if d.inversion_steps == "auto":
+        return [(len(d.auto_levels) >= 2 and all(0 < k < d.num_steps for k in d.auto_levels)
+                 and list(d.auto_levels) == sorted(set(d.auto_levels)),
+                 f"diffusion.auto_levels must be 2 or more increasing levels in (0, num_steps={d.num_steps}), "
+                 f"got {d.auto_levels}"),
+                (d.auto_rise >= 0, f"diffusion.auto_rise must be >= 0, got {d.auto_rise}")]
+    if isinstance(d.inversion_steps, str):
+        return [(False, f"diffusion.inversion_steps must be an integer or auto, got {d.inversion_steps!r}")]
+    return [(0 <= d.inversion_steps < d.num_steps,
+             f"diffusion.inversion_steps (K={d.inversion_steps}) must be in [0, num_steps={d.num_steps})")]
+
+
+def _invert_checks(v: InvertConfig, ipc: int) -> list[tuple[bool, str]]:
+    word = isinstance(v.per_class, str)
+    return [(not word or v.per_class in ("auto", "all"),
+             f"invert.per_class must be auto, all or a number of images, got {v.per_class!r}"),
+            (word or v.per_class >= ipc, f"invert.per_class ({v.per_class}) must be >= select.ipc ({ipc})"),
+            (v.tolerance is None or v.tolerance > 0, f"invert.tolerance must be > 0 (or null: no rule), "
+                                                     f"got {v.tolerance}"),
+            (v.per_class != "auto" or v.tolerance is not None,
+             "invert.per_class=auto needs invert.tolerance (null turns the rule off: set a cap or all)"),
+            (v.check_every >= 1, f"invert.check_every must be >= 1, got {v.check_every}")]
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, with a one-line error naming the value."""
     d, s = cfg.diffusion, cfg.select
@@ -365,8 +413,8 @@ def validate(cfg: Config) -> None:
         (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),
         (all(w >= 0 for w in s.weights), f"select.weights must be >= 0, got {s.weights}"),
         (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
-        (0 <= d.inversion_steps < d.num_steps,
-         f"diffusion.inversion_steps (K={d.inversion_steps}) must be in [0, num_steps={d.num_steps})"),
+        *_depth_checks(d),
+        *_invert_checks(cfg.invert, s.ipc),
         (d.guidance_scale is None or d.guidance_scale >= 0,
          f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
         (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got {d.encode!r}"),

@@ -20,9 +20,10 @@ from d3hr.distillation.methods import Method, get_method
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator, load_generator
 from d3hr.generator.model import SMALL_SCHEDULE, generator_shape
-from d3hr.runfolder import RunFolder
+from d3hr.runfolder import STATS, RunFolder
 from d3hr.utils.dist import check_device, get_world, rank_device
 from d3hr.utils.folders import cache_dir
+from d3hr.utils.io import load_tensors
 from d3hr.utils.progress import say
 
 # (context, architecture) -> (teacher module in eval mode, its metadata with 'path', 'sha256', 'epochs', 'test_top1')
@@ -54,6 +55,9 @@ class Context:
         validate(cfg)
         self.cfg = cfg
         self.spec: Method = get_method(cfg.select.method)
+        if cfg.diffusion.inversion_steps == "auto" and self.spec.level == "K" and not self.spec.needs_inversion:
+            raise D3HRError(f"diffusion.inversion_steps=auto is chosen by inversion, which method '{self.method}' "
+                            "does not run: set a level")
         check_device(cfg.device)
         self.world = get_world(cfg.device)  # torchrun: K processes; otherwise a world of one
         self.device = torch.device(check_device(rank_device(cfg.device, self.world)))
@@ -144,6 +148,17 @@ class Context:
         bs, size = self.cfg.diffusion.batch_size, self.cfg.data.image_size
         return torch.cat([gen.encode(fit_to_model(self.train_set.load(idx[i : i + bs]), size, self.cfg.data.fit))
                           .cpu() for i in range(0, len(idx), bs)])
+
+    def level(self) -> int:
+        """The grid level K of the run: diffusion.inversion_steps, or under K=auto the level the invert stage chose
+        (read from RUN/stats.safetensors)."""
+        k = self.cfg.diffusion.inversion_steps
+        if k != "auto":
+            return int(k)
+        stats = self.root / STATS
+        if not stats.is_file():
+            raise D3HRError("internal: the invert stage has not run")
+        return int(load_tensors(stats)[1]["inversion_steps"])
 
     def unchanged(self, stage: str, key: str, output: str) -> bool:
         """Whether ``stage`` already finished with ``key`` and RUN/``output`` exists (decided on rank 0, told to

@@ -66,7 +66,7 @@ def run(ctx: Context, previous: str | None) -> str:
             write_json(key_file, {"key": key})
     ctx.world.barrier()
     bs, save_size = ctx.cfg.generate.batch_size, ctx.cfg.generate.save_size
-    k = 0 if ctx.spec.level == "0" else ctx.cfg.diffusion.inversion_steps  # grid level of the latents
+    k = 0 if ctx.spec.level == "0" else ctx.level()  # grid level of the latents
     mine = ctx.world.shard(range(len(classes)))
     bar = progress(sum(counts[c] for c in mine), "generate", "img")
     folders = class_folder_names(classes)

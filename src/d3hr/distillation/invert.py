@@ -1,8 +1,12 @@
-"""The invert stage: encode every training image, DDIM-invert it to level K, and stream per-class moments before
+"""The invert stage: encode training images, DDIM-invert them to level K, and stream per-class moments before
 and after (DESIGN.md section 2). Cached by key in the cache's stats/ folder, resumable from partial moments.
 
-Under torchrun, rank r inverts batches r, r + K, r + 2K, ...; rank 0 merges every batch's moments in batch order,
-exactly as one process does, so the statistics are the same bytes.
+Which images: every one (invert.per_class=all), or each class in a seeded order, round by round, until the stopping
+rule of d3hr.distillation.subsample says its moments are precise enough for the run's IPC (or a cap is reached).
+With diffusion.inversion_steps=auto the walk streams moments at several levels and d3hr.distillation.depth picks K.
+
+Under torchrun, within each round rank r inverts batches r, r + P, r + 2P, ...; rank 0 merges every batch's moments
+in batch order, exactly as one process does, so the statistics are the same bytes.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from d3hr.data import fit_to_model
-from d3hr.diffusion import DDIMGrid, ddim_invert
+from d3hr.diffusion import DDIMGrid, ddim_invert_levels
 from d3hr.distillation.context import Context
+from d3hr.distillation.depth import choose_level
 from d3hr.distillation.moments import Moments, normality_summary
+from d3hr.distillation.subsample import ALL, Plan, make_plan, per_class_record
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator
 from d3hr.runfolder import STATS, STATS_PARTIAL
@@ -39,12 +46,29 @@ def checkpoint_seconds() -> float:
 
 
 def stage_key(ctx: Context, previous: str | None) -> str:
-    """The generator's key, the data and every diffusion setting the statistics depend on."""
-    d = ctx.cfg.diffusion
+    """The generator's key, the data, every diffusion setting the statistics depend on, and the subsampling plan
+    (with the IPC its rule reads)."""
+    d, v = ctx.cfg.diffusion, ctx.cfg.invert
+    depth = {"levels": d.auto_levels, "rise": d.auto_rise} if d.inversion_steps == "auto" else None
+    plan = None
+    if v.per_class != ALL:
+        plan = {"per_class": v.per_class, "tolerance": v.tolerance, "check_every": v.check_every,
+                "seed": order_seed(ctx), "ipc": ctx.cfg.select.ipc if v.tolerance is not None else None}
     return sha256_json({"generator": previous, "data": ctx.data_identity(), "num_steps": d.num_steps,
                         "inversion_steps": d.inversion_steps, "guidance_scale": d.guidance_scale, "encode": d.encode,
-                        "precision": d.precision, "batch_size": d.batch_size,
+                        "precision": d.precision, "batch_size": d.batch_size, "depth": depth, "subsample": plan,
                         "seed": ctx.cfg.seed if d.encode == "sample" else None})
+
+
+def order_seed(ctx: Context) -> int:
+    """The seed of the visiting order: invert.seed, else the run's seed."""
+    return ctx.cfg.seed if ctx.cfg.invert.seed is None else ctx.cfg.invert.seed
+
+
+def levels(ctx: Context) -> list[int]:
+    """The grid levels whose moments inversion streams: K, or the candidates of K=auto."""
+    d = ctx.cfg.diffusion
+    return list(d.auto_levels) if d.inversion_steps == "auto" else [int(d.inversion_steps)]
 
 
 def run(ctx: Context, previous: str | None) -> str:
@@ -65,7 +89,7 @@ def run(ctx: Context, previous: str | None) -> str:
         say(f"[invert] unchanged, skipped ({out})")
         if ctx.world.is_main:
             rec = ctx.folder.state()[NAME]
-            say(_normality_table(rec["normality_z0"], rec["normality_zk"], ctx.cfg.diffusion.inversion_steps))
+            say(_normality_table(rec["normality_z0"], rec["normality_zk"], ctx.level()))
         return key
     if action == "cache":
         if ctx.world.is_main:
@@ -73,83 +97,147 @@ def run(ctx: Context, previous: str | None) -> str:
                 shutil.copyfile(cached, tmp)
             _, meta = load_tensors(out)
             ctx.record(NAME, key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
-                         normality_zk=meta["normality_zk"])
+                       normality_zk=meta["normality_zk"], inversion_steps=meta["inversion_steps"],
+                       **{k: meta[k] for k in ("subsample", "depth") if k in meta})
             say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
-            say(_normality_table(meta["normality_z0"], meta["normality_zk"],
-                                 ctx.cfg.diffusion.inversion_steps))
+            say(_normality_table(meta["normality_z0"], meta["normality_zk"], meta["inversion_steps"]))
         ctx.world.barrier()
         return key
-    gen = ctx.generator()
-    t0 = time.time()
-    ds, d = ctx.train_set, ctx.cfg.diffusion
-    labels_map = ctx.class_labels(gen)
-    grid, eps_fn = ctx.grid(gen), ctx.eps_fn(gen)
-    num_classes, dim = len(ds.classes), int(np.prod(gen.latent_shape))
-    partial = ctx.root / STATS_PARTIAL
-    m0, mk, start = Moments.zeros(num_classes, dim), Moments.zeros(num_classes, dim), 0
-    if ctx.world.is_main and partial.is_file():
-        tensors, meta = load_tensors(partial)
-        if meta.get("key") == key:
-            m0, mk = Moments.from_tensors(tensors, "z0"), Moments.from_tensors(tensors, "zk")
-            start = int(meta["next_batch"])
-            say(f"[invert] resuming at batch {start}")
-    start = ctx.world.broadcast(start)
-    batches = [np.arange(i, min(i + d.batch_size, len(ds))) for i in range(0, len(ds), d.batch_size)]
-    bar = progress(len(ds), f"invert (K={d.inversion_steps}/{d.num_steps})", "img")
-    bar.update(int(sum(len(b) for b in batches[:start])))
-    last_save = time.time()
-    for first in range(start, len(batches), ctx.world.size):  # one round: batch first + r on rank r
-        b = first + ctx.world.rank
-        mine = _invert_batch(ctx, gen, b, batches[b], labels_map, grid, eps_fn) if b < len(batches) else None
-        done = [x for x in ctx.world.all_gather(mine) if x is not None]  # in batch order
-        for item in done:
-            if isinstance(item, str):
-                raise D3HRError(item)
-        if ctx.world.is_main:
-            for z0_part, zk_part in done:
-                m0 = m0.merge(Moments.expand(z0_part, num_classes))
-                mk = mk.merge(Moments.expand(zk_part, num_classes))
-        nxt = first + len(done)
-        bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
-        if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds() and nxt < len(batches):
-            save_tensors(partial, {**m0.tensors("z0"), **mk.tensors("zk")}, {"key": key, "next_batch": nxt})
-            last_save = time.time()
-    bar.close()
-    if ctx.world.is_main:
-        before, after = normality_summary(m0), normality_summary(mk)
-        tensors = {"mean": mk.mean.float(), "std": mk.std().float(), "skewness": mk.skewness().float(),
-                   "excess_kurtosis": mk.excess_kurtosis().float(), "count": mk.n.to(torch.int64),
-                   "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
-                   "z0.excess_kurtosis": m0.excess_kurtosis().float()}
-        meta = {"key": key, "classes": ds.classes, "latent_shape": list(gen.latent_shape),
-                "inversion_steps": d.inversion_steps, "num_steps": d.num_steps,
-                "guidance_scale": d.guidance_scale, "normality_z0": before, "normality_zk": after}
-        save_tensors(out, tensors, meta)
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(cached, ".safetensors") as tmp:
-            shutil.copyfile(out, tmp)
-        partial.unlink(missing_ok=True)
-        ctx.record(NAME, key, time.time() - t0, images=len(ds), processes=ctx.world.size,
-                     normality_z0=before, normality_zk=after)
-        say(_normality_table(before, after, d.inversion_steps))
-    ctx.world.barrier()
+    _invert(ctx, key, out, cached)
     return key
 
 
-def _invert_batch(ctx: Context, gen: Generator, b: int, idx: np.ndarray, labels_map: torch.Tensor, grid: DDIMGrid,
-                  eps_fn: Any) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]] | str:
-    """Encode and invert inversion batch ``b`` (training images ``idx``); its per-class moments of z0 and zk in
-    compact form, or a one-line error."""
+def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
+    """Invert the plan's images round by round (resuming from RUN/stats.partial.safetensors) and write the stats."""
+    gen = ctx.generator()
+    t0 = time.time()
+    ds, d, v = ctx.train_set, ctx.cfg.diffusion, ctx.cfg.invert
+    labels_map = ctx.class_labels(gen)
+    grid, eps_fn = ctx.grid(gen), ctx.eps_fn(gen)
+    num_classes, dim, levs = len(ds.classes), int(np.prod(gen.latent_shape)), levels(ctx)
+    plan = make_plan(ds.targets, num_classes, v.per_class, v.tolerance, v.check_every, order_seed(ctx),
+                     ctx.cfg.select.ipc)
+    partial = ctx.root / STATS_PARTIAL
+    m0 = Moments.zeros(num_classes, dim)
+    mk = {k: Moments.zeros(num_classes, dim) for k in levs}
+    state = {"round": 0, "next_batch": 0, "active": list(range(num_classes))}
+    if ctx.world.is_main and partial.is_file():
+        tensors, meta = load_tensors(partial)
+        if meta.get("key") == key:
+            m0 = Moments.from_tensors(tensors, "z0")
+            mk = {k: Moments.from_tensors(tensors, f"zk{k}") for k in levs}
+            state = {k: meta[k] for k in state}
+            say(f"[invert] resuming at round {state['round']}, batch {state['next_batch']}")
+    state = ctx.world.broadcast(state)
+    bar = progress(plan.max_images, _bar_label(d, plan), "img")
+    bar.update(int(sum(m0.n)))
+    last_save = time.time()
+    r, start, active = state["round"], state["next_batch"], state["active"]
+    while active:
+        idx = plan.round_indices(r, active)
+        batches = [idx[i : i + d.batch_size] for i in range(0, len(idx), d.batch_size)]
+        for first in range(start, len(batches), ctx.world.size):  # one step: batch first + rank on each rank
+            b = first + ctx.world.rank
+            mine = (_invert_batch(ctx, gen, (r, b), batches[b], labels_map, grid, eps_fn, levs)
+                    if b < len(batches) else None)
+            done = [x for x in ctx.world.all_gather(mine) if x is not None]  # in batch order
+            for item in done:
+                if isinstance(item, str):
+                    raise D3HRError(item)
+            if ctx.world.is_main:
+                for z0_part, zk_parts in done:
+                    m0 = m0.merge(Moments.expand(z0_part, num_classes))
+                    mk = {k: mk[k].merge(Moments.expand(part, num_classes)) for k, part in zip(levs, zk_parts)}
+            nxt = first + len(done)
+            bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
+            if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds() and nxt < len(batches):
+                _save_partial(partial, key, m0, mk, {"round": r, "next_batch": nxt, "active": active})
+                last_save = time.time()
+        active = ctx.world.broadcast(plan.still_active(r, active, list(mk.values())) if ctx.world.is_main else None)
+        r, start = r + 1, 0
+        if ctx.world.is_main and active and time.time() - last_save >= checkpoint_seconds():
+            _save_partial(partial, key, m0, mk, {"round": r, "next_batch": 0, "active": active})
+            last_save = time.time()
+    bar.close()
+    if ctx.world.is_main:
+        _write_stats(ctx, key, out, cached, m0, mk, plan, time.time() - t0)
+        partial.unlink(missing_ok=True)
+    ctx.world.barrier()
+
+
+def _bar_label(d: Any, plan: Plan) -> str:
+    rule = "" if plan.tolerance is None else f", rule {plan.tolerance:g}"
+    return f"invert (K={d.inversion_steps}/{d.num_steps}{rule})"
+
+
+def _save_partial(path: Path, key: str, m0: Moments, mk: dict[int, Moments], state: dict[str, Any]) -> None:
+    tensors = {**m0.tensors("z0")}
+    for k, m in mk.items():
+        tensors.update(m.tensors(f"zk{k}"))
+    save_tensors(path, tensors, {"key": key, **state})
+
+
+def _write_stats(ctx: Context, key: str, out: Path, cached: Path, m0: Moments, mk: dict[int, Moments], plan: Plan,
+                 seconds: float) -> None:
+    """Pick K (fixed, or by the depth rule), write RUN/stats.safetensors and its cache copy, record the stage."""
+    d, ds = ctx.cfg.diffusion, ctx.train_set
+    per_level = {k: normality_summary(m) for k, m in mk.items()}
+    depth = None
+    if d.inversion_steps == "auto":
+        k = choose_level(list(mk), [per_level[k]["share_normal"] for k in mk], d.auto_rise)
+        depth = {"chosen": k, "rise": d.auto_rise, "levels": {str(lv): s for lv, s in per_level.items()}}
+        say(_depth_table(per_level, k))
+    else:
+        k = int(d.inversion_steps)
+    m = mk[k]
+    before, after = normality_summary(m0), per_level[k]
+    subsample = None
+    if plan.round_size is not None:
+        subsample = {"per_class": ctx.cfg.invert.per_class, "tolerance": plan.tolerance, "ipc": plan.ipc,
+                     "check_every": plan.round_size, "seed": order_seed(ctx), "inverted": int(m.n.sum()),
+                     "available": len(ds), "classes": per_class_record(ds.classes, m, plan.ipc)}
+        said = [f"{int(n)}" for n in m.n.tolist()]
+        say(f"[invert] {int(m.n.sum())} of {len(ds)} images inverted (per class: {', '.join(said)}); "
+            "normality diagnostics on these images")
+    tensors = {"mean": m.mean.float(), "std": m.std().float(), "skewness": m.skewness().float(),
+               "excess_kurtosis": m.excess_kurtosis().float(), "count": m.n.to(torch.int64),
+               "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
+               "z0.excess_kurtosis": m0.excess_kurtosis().float()}
+    meta = {"key": key, "classes": ds.classes, "latent_shape": list(ctx.generator().latent_shape),
+            "inversion_steps": k, "num_steps": d.num_steps, "guidance_scale": d.guidance_scale,
+            "normality_z0": before, "normality_zk": after}
+    extra = {name: value for name, value in (("subsample", subsample), ("depth", depth)) if value is not None}
+    save_tensors(out, tensors, {**meta, **extra})
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cached, ".safetensors") as tmp:
+        shutil.copyfile(out, tmp)
+    ctx.record(NAME, key, seconds, images=int(m.n.sum()), processes=ctx.world.size, normality_z0=before,
+               normality_zk=after, inversion_steps=k, **extra)
+    say(_normality_table(before, after, k))
+
+
+def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.ndarray, labels_map: torch.Tensor,
+                  grid: DDIMGrid, eps_fn: Any, levs: list[int]
+                  ) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]] | str:
+    """Encode and invert batch ``where`` = (round, batch) of training images ``idx``; the per-class moments of z0
+    and of the latents at each of ``levs`` in compact form, or a one-line error."""
     d, num_classes = ctx.cfg.diffusion, len(ctx.train_set.classes)
     y = torch.as_tensor(ctx.train_set.targets[idx])
     x = fit_to_model(ctx.train_set.load(idx), ctx.cfg.data.image_size, ctx.cfg.data.fit)
-    noise = generator_for(ctx.cfg.seed, "encode", b) if d.encode == "sample" else None
+    noise = generator_for(ctx.cfg.seed, "encode", *where) if d.encode == "sample" else None
     z0 = gen.encode(x, sample=d.encode == "sample", generator=noise)  # (B, c, h, w)
-    zk = ddim_invert(eps_fn, z0, labels_map[y], grid, d.inversion_steps)
-    if not (torch.isfinite(z0).all() and torch.isfinite(zk).all()):
-        return f"non-finite latents in inversion batch {b} (images {idx[0]}..{idx[-1]})"
+    zk = ddim_invert_levels(eps_fn, z0, labels_map[y], grid, levs)  # level -> (B, c, h, w)
+    if not (torch.isfinite(z0).all() and all(torch.isfinite(z).all() for z in zk.values())):
+        return f"non-finite latents in inversion round {where[0]} batch {where[1]} (images {idx[0]}..{idx[-1]})"
     return (Moments.from_batch(z0.flatten(1), y, num_classes).compact(),
-            Moments.from_batch(zk.flatten(1), y, num_classes).compact())
+            [Moments.from_batch(zk[k].flatten(1), y, num_classes).compact() for k in levs])
+
+
+def _depth_table(per_level: dict[int, dict[str, float]], chosen: int) -> str:
+    lines = ["[invert] K=auto: normality per level (share normal, mean |skewness|, mean |excess kurtosis|)"]
+    lines += [f"  K={k:<3} {s['share_normal']:6.3f} {s['mean_abs_skewness']:7.3f} {s['mean_abs_excess_kurtosis']:7.3f}"
+              + ("   <- chosen" if k == chosen else "") for k, s in per_level.items()]
+    return "\n".join(lines)
 
 
 def _normality_table(before: dict[str, float], after: dict[str, float], k: int) -> str:

@@ -213,7 +213,7 @@ def base_ddpm(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     if not ctx.world.is_main:
         return {}
     gen, ipc, seed = ctx.generator(), ctx.cfg.select.ipc, ctx.cfg.seed
-    level = ctx.cfg.diffusion.inversion_steps
+    level = ctx.level()
     alpha = float(ctx.grid(gen).alphas[level])
     index_rows = _per_class(ctx, lambda c, idx: idx[random_subset(len(idx), ipc, seed, c)])
     latent_rows = []
