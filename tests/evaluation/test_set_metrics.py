@@ -1,6 +1,10 @@
-"""Set-quality metrics on sets with known answers: FID, prdc, diversity (d3hr.evaluation.set_metrics)."""
+"""Set-quality metrics on sets with known answers (d3hr.evaluation.set_metrics), and `d3hr metrics` on a digits run."""
 
 from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +12,9 @@ import torch
 
 from d3hr.errors import D3HRError
 from d3hr.evaluation.set_metrics import diversity, fid, frechet_distance, knn_radii, prdc
+from d3hr.utils.io import read_json
+
+from .conftest import IPC, TEACHER_EPOCHS
 
 
 def _gauss(n: int, d: int, seed: int) -> torch.Tensor:
@@ -79,3 +86,49 @@ def test_prdc_matches_the_prdc_package():
     want = compute_prdc(real.numpy(), fake.numpy(), 5)
     got = prdc(real, fake, k=5)
     assert got == pytest.approx({k: float(v) for k, v in want.items()}, abs=1e-12)
+
+
+def test_metrics_command_on_a_digits_run(run_dir: Path, capsys, monkeypatch) -> None:
+    import d3hr
+    from d3hr.cli import main
+    from d3hr.evaluation import set_quality
+    from d3hr.evaluation.teacher import load_teacher, weights_sha256
+
+    argv = ["metrics", str(run_dir), "--teacher-epochs", str(TEACHER_EPOCHS), "--k", "3"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "overall" in out and "k = 3" in out and "metrics.json" in out
+    res = read_json(run_dir / "eval" / "metrics.json")
+    (teacher,) = (Path(os.environ["D3HR_CACHE"]) / "teachers").glob(f"*/convnet-*-{TEACHER_EPOCHS}ep.safetensors")
+    assert res["features"]["sha256"] == weights_sha256(load_teacher(teacher)[0]) and res["features"]["dim"] == 128
+    assert res["k"] == 3 and res["real"]["train_images"] == 1437 and sum(res["real"]["per_class"]) == 1437
+    assert res["overall"]["n_real"] == 1437 and res["overall"]["n_fake"] == 10 * IPC
+    for c, v in res["classes"].items():
+        assert v["n_fake"] == IPC and v["n_real"] == res["real"]["per_class"][int(c)]
+        assert v["precision"] == 1.0  # the run's images are training images: each lies in its own k-NN ball
+        assert 0 < v["coverage"] < 1 and v["recall"] is not None and v["fid"] > 0
+        assert 0 < v["diversity"] and 0 < v["real_diversity"]
+    assert res["overall"]["diversity"] == pytest.approx(np.mean([v["diversity"] for v in res["classes"].values()]))
+
+    # Unchanged inputs: not recomputed; other settings: recomputed, with the counts they gave.
+    monkeypatch.setattr(set_quality, "fid_prdc", lambda *a: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert main(argv) == 0
+    monkeypatch.undo()
+    small = d3hr.metrics(run_dir, k=5, real_per_class=20, real_max=50, teacher_epochs=TEACHER_EPOCHS)
+    assert small["real"]["per_class"] == [20] * 10 and small["overall"]["n_real"] == 50
+    assert all(v["recall"] is None for v in small["classes"].values())  # IPC 5 <= k: no 5th fake neighbour
+    assert read_json(run_dir / "eval" / "metrics.json")["key"] == small["key"] != res["key"]
+
+
+def test_inception_without_its_packages_is_one_line_error(run_dir: Path, capsys, monkeypatch) -> None:
+    from d3hr.cli import main
+
+    assert main(["metrics", str(run_dir), "--inception", str(run_dir / "none.pth")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    weights = run_dir.parent / "inception.pth"
+    weights.write_bytes(b"not used")
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # importing it raises ImportError
+    assert main(["metrics", str(run_dir), "--inception", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'torchmetrics[image]>=1.7'" in err
+    assert not (run_dir / "eval" / "metrics.json").exists()
