@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-epochs", type=int, help="epochs of method 'full' (default: recipe dc-full's)")
     p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: recipe teacher's)")
+    p.add_argument("--metrics", action="store_true",
+                   help="also compute each cell's set quality (d3hr metrics: FID, coverage, diversity, ...)")
     p = sub.add_parser("report", help="write RUN/report.html: image grid, accuracy table, normality diagnostics")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
@@ -238,7 +240,8 @@ def _compare(args: argparse.Namespace) -> int:
                      args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
                      student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs,
                      recipes=[v.strip() for v in args.recipes.split(",")] if args.recipes else None,
-                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs)
+                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs,
+                     set_metrics=args.metrics)
     print((Path(args.out) / "results.md").read_text())
     print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0
