@@ -240,8 +240,8 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
     if not summary:
         return ""
 
-    def fmt(v: dict[str, float] | None, digits: int) -> str:
-        return f"{v['mean']:.{digits}f} ± {v['std']:.{digits}f}" if v else ""
+    def fmt(v: dict[str, float] | None, spec: str) -> str:  # FID and distances: in the features' own scale
+        return f"{v['mean']:{spec}} ± {v['std']:{'.2g' if spec == '.4g' else spec}}" if v else ""
 
     lines = ["", f"Set quality (d3hr metrics; k = {summary[0]['k']}) in the soft-label teacher's penultimate features "
              "against the real training images, mean ± std over seeds; FID depends on the set's size: compare it "
@@ -250,9 +250,9 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
         name = e["method"] + (f" ({e['sweep'][0]}={e['sweep'][1]})" if e["sweep"] else "")
-        lines.append(f"| {name} | {e['ipc']} | {fmt(e['fid'], 2)} | {fmt(e['precision'], 3)} | {fmt(e['recall'], 3)} "
-                     f"| {fmt(e['density'], 3)} | {fmt(e['coverage'], 3)} | {fmt(e['diversity'], 3)} | "
-                     f"{fmt(e['real_diversity'], 3)} | {e['n']} |")
+        lines.append(f"| {name} | {e['ipc']} | {fmt(e['fid'], '.4g')} | {fmt(e['precision'], '.3f')} | "
+                     f"{fmt(e['recall'], '.3f')} | {fmt(e['density'], '.3f')} | {fmt(e['coverage'], '.3f')} | "
+                     f"{fmt(e['diversity'], '.4g')} | {fmt(e['real_diversity'], '.4g')} | {e['n']} |")
     return "\n".join(lines) + "\n"
 
 

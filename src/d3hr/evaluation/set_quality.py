@@ -184,12 +184,13 @@ def metrics(run_dir: str | Path, k: int = K_DEFAULT, real_per_class: int = REAL_
     return result
 
 
-def _cell(v: float | None, width: int, digits: int) -> str:
-    return f"{v:>{width}.{digits}f}" if v is not None else f"{'-':>{width}}"
+def _cell(v: float | None, width: int, fmt: str) -> str:
+    return f"{v:>{width}{fmt}}" if v is not None else f"{'-':>{width}}"
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A short text table of metrics.json: one row per class, then the overall row ('-': not computable)."""
+    """A short text table of metrics.json: one row per class, then the overall row ('-': not computable). FID and
+    distances are in the features' own scale (4 significant digits)."""
     feats = result["features"]
     what = (f"teacher {feats['arch']} (sha256 {feats['sha256'][:12]})" if feats["extractor"] == "teacher"
             else f"Inception-v3 (weights sha256 {feats['sha256'][:12]})")
@@ -199,7 +200,8 @@ def format_table(result: dict[str, Any]) -> str:
              f"{'divers':>8} {'real div':>8}"]
     rows = [(v["name"], v) for v in result["classes"].values()] + [("overall", result["overall"])]
     for name, v in rows:
-        lines.append(f"{name[:14]:<14} {v['n_fake']:>5} {v['n_real']:>6} {_cell(v['fid'], 9, 2)} "
-                     f"{_cell(v['precision'], 6, 3)} {_cell(v['recall'], 6, 3)} {_cell(v['density'], 7, 3)} "
-                     f"{_cell(v['coverage'], 6, 3)} {_cell(v['diversity'], 8, 3)} {_cell(v['real_diversity'], 8, 3)}")
+        lines.append(f"{name[:14]:<14} {v['n_fake']:>5} {v['n_real']:>6} {_cell(v['fid'], 9, '.4g')} "
+                     f"{_cell(v['precision'], 6, '.3f')} {_cell(v['recall'], 6, '.3f')} "
+                     f"{_cell(v['density'], 7, '.3f')} {_cell(v['coverage'], 6, '.3f')} "
+                     f"{_cell(v['diversity'], 8, '.4g')} {_cell(v['real_diversity'], 8, '.4g')}")
     return "\n".join(lines)
