@@ -36,7 +36,7 @@ from d3hr.data import fit_to_model, fit_to_saved
 from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_invert, ddim_sample
 from d3hr.distillation.pipeline import Run
-from d3hr.evaluation.runner import _open_run, evaluate, read_run_images
+from d3hr.evaluation.runner import evaluate, open_run, read_run_images
 from d3hr.runfolder import class_folder_names, save_class_pngs
 from d3hr.utils.folders import claim
 from d3hr.utils.io import read_json, sha256_file, write_json
@@ -78,7 +78,7 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
     dest = out / name
     if (dest / "images").is_dir():
         return dest
-    cfg, test, manifest = _open_run(real)
+    cfg, test, manifest = open_run(real)
     images, targets, _ = read_run_images(real, test, manifest)
     new = images if variant == "real" else round_trip(run, images, targets, variant)
     claim(dest, "run")

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from d3hr.evaluation.runner import _open_run, read_run_images
+from d3hr.evaluation.runner import open_run, read_run_images
 from d3hr.evaluation.teacher import load_teacher, teacher_dir, teacher_path, teacher_recipe
 from d3hr.evaluation.train import to_input
 
 
 def agreement(run: Path, arch: str = "convnet") -> tuple[int, float, float]:
     """(images, share the teacher assigns to their own class, mean teacher probability of their own class)."""
-    cfg, test, manifest = _open_run(run)
+    cfg, test, manifest = open_run(run)
     images, targets, _ = read_run_images(run, test, manifest)
     folder = teacher_dir(cfg.data, test, cfg.generator.cache_dir)
     path = teacher_path(folder, arch, teacher_recipe(folder, cfg.data, arch))

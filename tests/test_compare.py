@@ -127,3 +127,42 @@ def test_paired_differences_and_dd_ranking_scores_from_the_cells():
     text = markdown_table(table, "digits", "convnet")
     assert "soft (rded) IPC 10 (5 ep)" in text and "hard (dc) IPC 10 (5 ep)" in text and "| full |" not in text
     assert "| d3hr | rded | 10 | 5 | 23.0 ± 0.0 | 3.0 ± 1.0 |" in scores_table(robust_scores(rows))
+
+
+def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compares(tmp_path, monkeypatch):
+    """compare(set_metrics=True) computes d3hr metrics once per cell and tables the overall readouts over seeds;
+    without it nothing is computed (distillation, evaluation and metrics replaced by stand-ins)."""
+    from d3hr import api
+    from d3hr.compare import compare
+    from d3hr.config import load_config
+
+    def evaluate(run, seeds, recipe, **kwargs):
+        rec = {"labels": "soft", "recipe": recipe, "setup": {}, "epochs": 2, "top1": 0.5, "teacher_sha256": None}
+        return {"records": [rec], "teacher": None}
+
+    calls = []
+
+    def metrics(run, teacher_epochs=None, device="cpu"):
+        calls.append(Path(run).name)
+        s = int(Path(run).name[-1])  # the cell's seed
+        overall = {"n_real": 100, "n_fake": 10, "fid": 10.0 + s, "precision": 0.9, "recall": None, "density": 1.0,
+                   "coverage": 0.5 + 0.1 * s, "diversity": 2.0, "real_diversity": 3.0}
+        return {"features": {"sha256": "0" * 64}, "k": 5, "overall": overall}
+
+    monkeypatch.setattr(api, "distill", lambda cfg: {})
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.runner"), "evaluate", evaluate)
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.set_quality"), "metrics", metrics)
+    out = tmp_path / "grid"
+    args = (load_config(None, []), ["d3hr", "random-real"], [1], 2, out)
+    result = compare(*args, epochs=2)
+    assert calls == [] and "set_metrics" not in result and "Set quality" not in (out / "results.md").read_text()
+    result = compare(*args, epochs=2, set_metrics=True)
+    assert sorted(calls) == sorted(f"{m}-ipc1-seed{s}" for m in ("d3hr", "random-real") for s in (0, 1))
+    (d3hr_row, _) = result["set_metrics"]["summary"]
+    assert d3hr_row["method"] == "d3hr" and d3hr_row["n"] == 2 and d3hr_row["recall"] is None
+    assert d3hr_row["fid"]["mean"] == pytest.approx(10.5) and d3hr_row["coverage"]["mean"] == pytest.approx(0.55)
+    row = "| d3hr | 1 | 10.5 ± 0.71 | 0.900 ± 0.000 |  | 1.000 ± 0.000 | 0.550 ± 0.071 | 2 ± 0 | 3 ± 0 | 2 |"
+    assert row in (out / "results.md").read_text()
+    calls.clear()
+    again = compare(*args, epochs=2)  # a later compare into the same OUT keeps the earlier set-quality cells
+    assert calls == [] and again["set_metrics"] == result["set_metrics"] and row in (out / "results.md").read_text()

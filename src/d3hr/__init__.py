@@ -18,8 +18,8 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
 # public name -> the module that defines it
 _API = {**dict.fromkeys(("distill", "finetune", "generate", "invert", "load_run", "select", "train_generator"),
                         "d3hr.api"),
-        "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluation", "Config": "d3hr.config",
-        "load_config": "d3hr.config", "D3HRError": "d3hr.errors"}
+        "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluation", "metrics": "d3hr.evaluation.set_quality",
+        "Config": "d3hr.config", "load_config": "d3hr.config", "D3HRError": "d3hr.errors"}
 
 __all__ = ["__version__", *sorted(_API)]
 

@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-epochs", type=int, help="epochs of method 'full' (default: recipe dc-full's)")
     p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: recipe teacher's)")
+    p.add_argument("--metrics", action="store_true",
+                   help="also compute each cell's set quality (d3hr metrics: FID, coverage, diversity, ...)")
     p = sub.add_parser("report", help="write RUN/report.html: image grid, accuracy table, normality diagnostics")
     p.add_argument("run", help="run folder")
     p = sub.add_parser("evaluate", help="train students on RUN/images and score them on the real test set")
@@ -138,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on the whole real training split (the upper bound)")
     p.add_argument("--teacher", help="teacher architecture for soft labels (default: convnet)")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher if it must be trained")
+    p.add_argument("--device", help="cpu (default), cuda, ...")
+    p = sub.add_parser("metrics", help="set-quality metrics of RUN/images against the real training images: FID, "
+                       "precision / recall / density / coverage, diversity (per class and overall)")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--k", type=int, help="nearest neighbours of the k-NN radii (default 5)")
+    p.add_argument("--real-per-class", type=int, help="real training images per class, at most (default 1000)")
+    p.add_argument("--real-max", type=int, help="real images of the overall reference, at most (default 10000)")
+    p.add_argument("--teacher", help="architecture of the evaluation teacher whose features are used (default convnet)")
+    p.add_argument("--teacher-epochs", type=int, help="epochs of the teacher if it must be trained")
+    p.add_argument("--inception", metavar="PATH",
+                   help="Inception-v3 features instead, from a local torch-fidelity weights file (needs torchmetrics)")
     p.add_argument("--device", help="cpu (default), cuda, ...")
     return parser
 
@@ -227,7 +240,8 @@ def _compare(args: argparse.Namespace) -> int:
                      args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
                      student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs,
                      recipes=[v.strip() for v in args.recipes.split(",")] if args.recipes else None,
-                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs)
+                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs,
+                     set_metrics=args.metrics)
     print((Path(args.out) / "results.md").read_text())
     print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0
@@ -273,6 +287,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from d3hr.evaluation.set_quality import format_table, metrics
+
+    given = {name: getattr(args, name) for name in ("k", "real_per_class", "real_max", "teacher", "teacher_epochs",
+                                                    "inception", "device") if getattr(args, name) is not None}
+    print(format_table(metrics(args.run, **given)))
+    print(f"d3hr: wrote {Path(args.run) / 'eval' / 'metrics.json'}")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from d3hr.distillation.methods import METHODS, method_names
 
@@ -284,8 +308,8 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "methods": _methods, "verify": _verify, "evaluate": _evaluate, "report": _report, "compare": _compare,
-    "finetune": _finetune,
+    "methods": _methods, "verify": _verify, "evaluate": _evaluate, "metrics": _metrics, "report": _report,
+    "compare": _compare, "finetune": _finetune,
     **{name: _stage for name in ("distill", *STAGES)}}
 
 

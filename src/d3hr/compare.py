@@ -9,7 +9,8 @@ IPC of one invocation is trained for the same epochs (stated in each column head
 
 Beside mean +- std: the paired difference per seed of methods that share candidate pools and seeds (D3HR against
 Base-RS) with a 95% t-interval, and DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluation.metrics) against random real
-subsets trained under the same labels and recipe.
+subsets trained under the same labels and recipe. With ``set_metrics``, also each cell's set quality (``d3hr metrics``:
+FID, precision / recall / density / coverage, diversity in the evaluation teacher's features), mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from d3hr.utils.schema import COMPARE_RESULTS, check
 FULL = "full"  # the upper bound: the student on the whole training set with the hard-label recipe
 RANDOM = "random-real"  # DD-Ranking's reference: random real subsets of the same size
 PAIRED = (("d3hr", "base-rs"),)  # methods drawing from the same candidate pools with the same seeds
+QUALITY = ("fid", "precision", "recall", "density", "coverage", "diversity", "real_diversity")  # overall readouts
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int | None = None,
             sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None,
             recipes: Sequence[str] | None = None, ars_runs: bool = False, full_seeds: int | None = None,
-            full_epochs: int | None = None) -> dict[str, Any]:
+            full_epochs: int | None = None, set_metrics: bool = False) -> dict[str, Any]:
     """Distill and evaluate every cell; write OUT/results.json, OUT/results.md and OUT/accuracy.png.
 
     Distillation seed s is scored by student seed s, so the spread over seeds covers both the distillation (candidate
@@ -62,7 +64,9 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     and 'dc' for hard ``labels``); ``epochs`` overrides every recipe's epochs, the same at every IPC. ``ars_runs``
     also trains each cell without augmentation (DD-Ranking's ARS). Method 'full' trains the student on the whole
     training set with the 'dc-full' recipe (``full_epochs`` overrides it) for ``full_seeds`` seeds (default
-    ``seeds``). ``sweep`` = (dotted config key, values) adds one row per value.
+    ``seeds``). ``sweep`` = (dotted config key, values) adds one row per value. ``set_metrics`` also computes each
+    cell's set quality (d3hr.evaluation.set_quality, in the features of the soft-label teacher: trained if no recipe
+    needed it) and adds its table; off by default, so that a compare costs what it did.
     """
     from d3hr import api
     from d3hr.evaluation import evaluate
@@ -76,7 +80,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     cells = [Cell(m, i, s, w) for w in sweeps for m in methods if m != FULL for i in ipcs for s in range(seeds)]
     configs = [_cell_config(base, cell, out) for cell in cells]  # every cell's config is valid before any work
     claim(out, "compare")
-    rows = []
+    rows, quality = [], []
     for n, (cell, cfg) in enumerate(zip(cells, configs), 1):
         say(f"[compare] cell {n}/{len(cells)}: {cell.name}")
         api.distill(cfg)
@@ -84,6 +88,11 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             res = evaluate(cfg.out, student=student, labels=rcp.labels, seeds=[cell.seed], epochs=rcp.epochs,
                            device=cfg.device, teacher_epochs=teacher_epochs, recipe=rcp.name, augment=aug)
             rows.append(_row(cell.method, cell.ipc, cell.seed, cell.sweep, student, res, cfg.out))
+        if set_metrics:
+            from d3hr.evaluation.set_quality import metrics
+
+            quality.append(_quality_row(cell, metrics(cfg.out, teacher_epochs=teacher_epochs, device=cfg.device),
+                                        cfg.out))
     if FULL in methods:
         for s in range(seeds if full_seeds is None else full_seeds):
             say(f"[compare] full training set, seed {s}")
@@ -99,10 +108,14 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     result = {"dataset": base.data.name, "student": student, "seeds": seeds, "teacher_epochs": teacher_epochs,
               "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": rows, "summary": table,
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
+    quality = merge_quality(_earlier_quality(out, base.data.name), quality)
+    if quality:
+        result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality)}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
     write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(table, teacher)
-               + paired_table(result["paired"]) + scores_table(result["scores"]))
+               + paired_table(result["paired"]) + scores_table(result["scores"])
+               + quality_table(result.get("set_metrics", {}).get("summary", [])))
     plot_accuracy([r for r in table if r["method"] != FULL], out / "accuracy.png")
     return result
 
@@ -177,6 +190,70 @@ def _earlier_rows(out: Path, dataset: str, student: str) -> list[dict[str, Any]]
     if old.get("dataset") != dataset:
         return []
     return [r for r in old.get("cells", []) if r.get("student") == student and "recipe" in r]
+
+
+def _quality_row(cell: Cell, res: dict[str, Any], run: str) -> dict[str, Any]:
+    """One cell's overall set quality (RUN/eval/metrics.json), with what it was computed in and from."""
+    return {"method": cell.method, "ipc": cell.ipc, "seed": cell.seed,
+            "sweep": list(cell.sweep) if cell.sweep else None, "run": run, "features_sha256": res["features"]["sha256"],
+            "k": res["k"], "n_real": res["overall"]["n_real"], **{q: res["overall"][q] for q in QUALITY}}
+
+
+def _quality_key(r: dict[str, Any]) -> tuple:
+    return (r["method"], r["ipc"], r["seed"], tuple(r["sweep"]) if r["sweep"] else None)
+
+
+def _earlier_quality(out: Path, dataset: str) -> list[dict[str, Any]]:
+    """Set-quality cells of earlier compares into the same OUT (same dataset)."""
+    path = out / "results.json"
+    if not path.exists():
+        return []
+    old = check(read_json(path), COMPARE_RESULTS, path)
+    return old.get("set_metrics", {}).get("cells", []) if old.get("dataset") == dataset else []
+
+
+def merge_quality(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``old`` set-quality cells not redone in ``new``, then ``new``: one per (method, IPC, seed, sweep)."""
+    fresh = {_quality_key(r) for r in new}
+    return [r for r in old if _quality_key(r) not in fresh] + list(new)
+
+
+def summarise_quality(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and sample std over seeds of each overall readout, per method, IPC and sweep value (None: no seed had
+    it)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in cells:
+        groups.setdefault((r["method"], r["ipc"], tuple(r["sweep"]) if r["sweep"] else None), []).append(r)
+    out = []
+    for (m, i, w), rs in groups.items():
+        entry: dict[str, Any] = {"method": m, "ipc": i, "sweep": list(w) if w else None, "n": len(rs),
+                                 "seeds": [r["seed"] for r in rs], "k": rs[0]["k"]}
+        for q in QUALITY:
+            values = [r[q] for r in rs if r[q] is not None]
+            entry[q] = _stat(values) if values else None
+        out.append(entry)
+    return sorted(out, key=lambda e: (e["ipc"], e["method"], str(e["sweep"])))
+
+
+def quality_table(summary: list[dict[str, Any]]) -> str:
+    """The set-quality table (d3hr metrics, overall readouts): one row per method, IPC and sweep value."""
+    if not summary:
+        return ""
+
+    def fmt(v: dict[str, float] | None, spec: str) -> str:  # FID and distances: in the features' own scale
+        return f"{v['mean']:{spec}} ± {v['std']:{'.2g' if spec == '.4g' else spec}}" if v else ""
+
+    lines = ["", f"Set quality (d3hr metrics; k = {summary[0]['k']}) in the soft-label teacher's penultimate features "
+             "against the real training images, mean ± std over seeds; FID depends on the set's size: compare it "
+             "within an IPC. diversity: mean pairwise distance within a class (real: of the real images).", "",
+             "| method | IPC | FID | precision | recall | density | coverage | diversity | real diversity | n |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in summary:
+        name = e["method"] + (f" ({e['sweep'][0]}={e['sweep'][1]})" if e["sweep"] else "")
+        lines.append(f"| {name} | {e['ipc']} | {fmt(e['fid'], '.4g')} | {fmt(e['precision'], '.3f')} | "
+                     f"{fmt(e['recall'], '.3f')} | {fmt(e['density'], '.3f')} | {fmt(e['coverage'], '.3f')} | "
+                     f"{fmt(e['diversity'], '.4g')} | {fmt(e['real_diversity'], '.4g')} | {e['n']} |")
+    return "\n".join(lines) + "\n"
 
 
 def merge_rows(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

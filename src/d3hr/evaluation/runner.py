@@ -69,7 +69,7 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str | None =
         if arch is not None:
             check_student(arch)
     root = Path(run_dir)
-    cfg, test, manifest = _open_run(root, need_manifest=not full)
+    cfg, test, manifest = open_run(root, need_manifest=not full)
     rcp = rcp.resolve(flip_default(cfg.data.name))
     images, targets, digest = read_full_train(cfg) if full else read_run_images(root, test, manifest)
     norm = channel_stats(read_full_train(cfg)[0] if not full else images) if rcp.normalize == "standardize" else None
@@ -144,7 +144,7 @@ def read_full_train(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, str]:
     return images, targets, h.hexdigest()
 
 
-def _open_run(root: Path, need_manifest: bool = True) -> tuple[Config, ImageSet, dict[str, Any]]:
+def open_run(root: Path, need_manifest: bool = True) -> tuple[Config, ImageSet, dict[str, Any]]:
     """The run's config, the real test split of its dataset and its manifest (checked; {} when ``need_manifest`` is
     False and there is none: the upper bound trains on the training split, not on a distilled set).
 

@@ -158,7 +158,16 @@ RESULTS = Obj({"records": ListOf(RECORD)}, {"format_version": int, "run": dict, 
                                             "summary": ListOf(SUMMARY_ROW)})
 COMPARE_CELL = Obj({"method": str, "ipc": int, "seed": int, "labels": str, "sweep": Nullable(list), "student": str,
                     "epochs": int, "top1": NUMBER}, {"teacher": Nullable(TEACHER), "run": str})
-COMPARE_RESULTS = Obj({"cells": ListOf(COMPARE_CELL)}, {"dataset": str, "student": str})
+QUALITY_CELL = Obj({"method": str, "ipc": int, "seed": int, "sweep": Nullable(list), "k": int},
+                   {name: Nullable(NUMBER) for name in ("fid", "precision", "recall", "density", "coverage",
+                                                        "diversity", "real_diversity")})
+COMPARE_RESULTS = Obj({"cells": ListOf(COMPARE_CELL)}, {"dataset": str, "student": str,
+                                                       "set_metrics": Obj({"cells": ListOf(QUALITY_CELL)})})
+READOUT = Obj({"n_real": int, "n_fake": int}, {name: Nullable(NUMBER) for name in (
+    "fid", "precision", "recall", "density", "coverage", "diversity", "real_diversity")})
+METRICS = Obj({"key": str, "k": int, "features": Obj({"extractor": str, "sha256": SHA256, "dim": int}),
+               "overall": READOUT, "classes": MapOf(READOUT, _index, "a class index (0, 1, ...)")},
+              {"format_version": int, "run": dict, "real": dict, "images_sha256": str})
 GENERATOR_POINTER = Obj({"path": str}, {"key": str, "pretrained": bool})
 MARKER = Obj({"format_version": int, "kind": str})
 
