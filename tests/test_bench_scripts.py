@@ -105,3 +105,31 @@ def test_generator_ceiling_round_trips_real_runs_without_touching_them(tmp_path)
     out = _run(str(BENCH / "teacher_agreement.py"), str(real), str(grid / "runs" / "d3hr-ipc2-seed0"))
     rows = [ln.split() for ln in out.splitlines() if ln.startswith(("random-real-ipc2", "d3hr-ipc2"))]
     assert len(rows) == 2 and all(r[1] == "20" and 0 <= float(r[2].rstrip("%")) <= 100 for r in rows)
+
+
+def test_invert_subsample_emulates_the_invert_stage(tmp_path):
+    """bench/invert_subsample.py derives a setting's statistics from stored latents; where a real invert stage
+    already wrote them (same key), it reports how far they are: the same counts, differences at float rounding."""
+    import os
+
+    from tests.conftest import FAST_TRAIN
+
+    env_cache = Path(os.environ["D3HR_CACHE"])
+    sets = [*FAST_TRAIN, "diffusion.inversion_steps=4", "invert.check_every=10"]
+    real = ["-m", "d3hr", "distill", "--dataset", "digits", "--ipc", "2", "--seed", "1",
+            *(a for s in [*sets, "invert.per_class=auto", "invert.tolerance=0.4"] for a in ("--set", s)),
+            "--out", str(tmp_path / "real")]
+    _run(*real)
+    common = ["--out", str(tmp_path / "scratch"), "--dataset", "digits", "--threads", "1", "--part", "256",
+              "--levels", "2,4", "--level", "4", "--ipc", "2", "--tolerance", "0.4",
+              *(a for s in sets for a in ("--set", s))]
+    _run(str(BENCH / "invert_subsample.py"), "invert", *common)
+    _run(str(BENCH / "invert_subsample.py"), "analyse", *common, "--seeds", "1", "--settings", "20,all,auto",
+         "--labels", "", "--results", str(tmp_path / "results"))
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "results" / "ipc2.json").read_text())["rows"]}
+    assert rows["20"]["images"] == 200 and rows["all"]["images"] == 600
+    assert rows["all"]["errors"]["mean_in_std"] == 0.0 and rows["20"]["errors"]["mean_in_std"] > 0
+    check = rows["auto"]["real_stage_check"]
+    assert check is not None and check["count_equal"], check  # the real run's key was found in the cache
+    assert max(check[n] for n in ("mean", "std", "skewness")) < 1e-4, check
+    assert (tmp_path / "results" / "ipc2.md").is_file() and env_cache.is_dir()

@@ -179,41 +179,50 @@ def _save_partial(path: Path, key: str, m0: Moments, mk: dict[int, Moments], sta
 
 def _write_stats(ctx: Context, key: str, out: Path, cached: Path, m0: Moments, mk: dict[int, Moments], plan: Plan,
                  seconds: float) -> None:
-    """Pick K (fixed, or by the depth rule), write RUN/stats.safetensors and its cache copy, record the stage."""
+    """Write RUN/stats.safetensors and its cache copy from the streamed moments, record the stage."""
+    tensors, meta, extra = stats_payload(ctx, key, m0, mk, plan)
+    if "depth" in extra:
+        say(_depth_table(extra["depth"]["levels"], meta["inversion_steps"]))
+    if "subsample" in extra:
+        counts = ", ".join(str(c["images"]) for c in extra["subsample"]["classes"])
+        say(f"[invert] {extra['subsample']['inverted']} of {len(ctx.train_set)} images inverted (per class: "
+            f"{counts}); normality diagnostics on these images")
+    save_tensors(out, tensors, {**meta, **extra})
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cached, ".safetensors") as tmp:
+        shutil.copyfile(out, tmp)
+    ctx.record(NAME, key, seconds, images=int(tensors["count"].sum()), processes=ctx.world.size,
+               normality_z0=meta["normality_z0"], normality_zk=meta["normality_zk"],
+               inversion_steps=meta["inversion_steps"], **extra)
+    say(_normality_table(meta["normality_z0"], meta["normality_zk"], meta["inversion_steps"]))
+
+
+def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], plan: Plan
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """What RUN/stats.safetensors holds for the moments of z0 and of each streamed level: its tensors, its
+    metadata, and the subsampling and depth records (also in stages.json). K is the configured level, or the depth
+    rule's choice under K=auto."""
     d, ds = ctx.cfg.diffusion, ctx.train_set
     per_level = {k: normality_summary(m) for k, m in mk.items()}
-    depth = None
+    extra: dict[str, Any] = {}
     if d.inversion_steps == "auto":
         k = choose_level(list(mk), [per_level[k]["share_normal"] for k in mk], d.auto_rise)
-        depth = {"chosen": k, "rise": d.auto_rise, "levels": {str(lv): s for lv, s in per_level.items()}}
-        say(_depth_table(per_level, k))
+        extra["depth"] = {"chosen": k, "rise": d.auto_rise, "levels": {str(lv): s for lv, s in per_level.items()}}
     else:
         k = int(d.inversion_steps)
     m = mk[k]
-    before, after = normality_summary(m0), per_level[k]
-    subsample = None
     if plan.round_size is not None:
-        subsample = {"per_class": ctx.cfg.invert.per_class, "tolerance": plan.tolerance, "ipc": plan.ipc,
-                     "check_every": plan.round_size, "seed": order_seed(ctx), "inverted": int(m.n.sum()),
-                     "available": len(ds), "classes": per_class_record(ds.classes, m, plan.ipc)}
-        said = [f"{int(n)}" for n in m.n.tolist()]
-        say(f"[invert] {int(m.n.sum())} of {len(ds)} images inverted (per class: {', '.join(said)}); "
-            "normality diagnostics on these images")
+        extra["subsample"] = {"per_class": ctx.cfg.invert.per_class, "tolerance": plan.tolerance, "ipc": plan.ipc,
+                              "check_every": plan.round_size, "seed": order_seed(ctx), "inverted": int(m.n.sum()),
+                              "available": len(ds), "classes": per_class_record(ds.classes, m, plan.ipc)}
     tensors = {"mean": m.mean.float(), "std": m.std().float(), "skewness": m.skewness().float(),
                "excess_kurtosis": m.excess_kurtosis().float(), "count": m.n.to(torch.int64),
                "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
                "z0.excess_kurtosis": m0.excess_kurtosis().float()}
     meta = {"key": key, "classes": ds.classes, "latent_shape": list(ctx.generator().latent_shape),
             "inversion_steps": k, "num_steps": d.num_steps, "guidance_scale": d.guidance_scale,
-            "normality_z0": before, "normality_zk": after}
-    extra = {name: value for name, value in (("subsample", subsample), ("depth", depth)) if value is not None}
-    save_tensors(out, tensors, {**meta, **extra})
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cached, ".safetensors") as tmp:
-        shutil.copyfile(out, tmp)
-    ctx.record(NAME, key, seconds, images=int(m.n.sum()), processes=ctx.world.size, normality_z0=before,
-               normality_zk=after, inversion_steps=k, **extra)
-    say(_normality_table(before, after, k))
+            "normality_z0": normality_summary(m0), "normality_zk": per_level[k]}
+    return tensors, meta, extra
 
 
 def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.ndarray, labels_map: torch.Tensor,
@@ -233,10 +242,10 @@ def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.
             [Moments.from_batch(zk[k].flatten(1), y, num_classes).compact() for k in levs])
 
 
-def _depth_table(per_level: dict[int, dict[str, float]], chosen: int) -> str:
+def _depth_table(per_level: dict[str, dict[str, float]], chosen: int) -> str:
     lines = ["[invert] K=auto: normality per level (share normal, mean |skewness|, mean |excess kurtosis|)"]
     lines += [f"  K={k:<3} {s['share_normal']:6.3f} {s['mean_abs_skewness']:7.3f} {s['mean_abs_excess_kurtosis']:7.3f}"
-              + ("   <- chosen" if k == chosen else "") for k, s in per_level.items()]
+              + ("   <- chosen" if int(k) == chosen else "") for k, s in per_level.items()]
     return "\n".join(lines)
 
 
