@@ -13,7 +13,7 @@ cache entry already exists, the emulated statistics are compared with it instead
     python bench/invert_subsample.py invert --out /work/scratch/fm-invert
     # 2. per setting and seed: errors against full inversion, selection loss, images, then distill + evaluate
     python bench/invert_subsample.py analyse --out /work/scratch/fm-invert --ipc 10 --seeds 0,1,2 \\
-        --settings 50,100,300,1000,all,auto --labels soft,hard --results bench/results/invert-subsample
+        --settings 50,100,300,1000,all,rule0.2,rule0.3 --labels soft,hard --results bench/results/invert-subsample
 
 Inversion time of a setting = its images x the seconds per image measured in step 1 (inversion is linear in the
 images inverted: bench/end_to_end.py); step 1 prints the seconds per image it measured and the thread count.
@@ -137,10 +137,11 @@ def analyse(args: argparse.Namespace) -> None:
     full_t = None
     for setting in ["all", *[s for s in args.settings.split(",") if s != "all"]]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            sets = [f"invert.per_class={setting}", f"invert.tolerance={args.tolerance}",
-                    f"diffusion.inversion_steps={args.level}"]
-            if setting not in ("all", "auto"):
-                sets[1] = "invert.tolerance=null"
+            if setting.startswith("rule"):  # rule<tolerance>: per_class auto under that tolerance
+                sets = ["invert.per_class=auto", f"invert.tolerance={float(setting[4:])}"]
+            else:  # a cap without the rule, or all
+                sets = [f"invert.per_class={setting}", "invert.tolerance=null"]
+            sets.append(f"diffusion.inversion_steps={args.level}")
             run = Run(_config(args.dataset, args.out / "runs" / f"ipc{args.ipc}-{setting}-seed{seed}", args.ipc,
                               seed, [*args.set, *sets]))
             ctx = run.ctx
@@ -181,7 +182,7 @@ def analyse(args: argparse.Namespace) -> None:
                 row[f"recipe_{labels}"] = res["records"][-1].get("setup", {}).get("name")
             done[(setting, seed)] = row
             rows = list(done.values())
-            record.write_text(json.dumps({"ipc": args.ipc, "level": args.level, "tolerance": args.tolerance,
+            record.write_text(json.dumps({"ipc": args.ipc, "level": args.level,
                                           "seconds_per_image": sec, "threads_step1": args.threads, "rows": rows},
                                          indent=1))
             print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), flush=True)
@@ -203,7 +204,7 @@ def write_table(record: Path, out: Path) -> None:
         s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
         return f"{m:.{digits}f} ± {s:.{digits}f}"
 
-    lines = [f"IPC {data['ipc']}, K = {data['level']}, rule tolerance {data['tolerance']}; inversion time = images x "
+    lines = [f"IPC {data['ipc']}, K = {data['level']}; inversion time = images x "
              f"{1000 * data['seconds_per_image']:.1f} ms (measured, {data['threads_step1']} threads)", "",
              "| per class | images | inversion time | speed-up | mu err (/sigma) | sigma rel. err | gamma abs. err "
              "| selection loss vs full | soft top-1 | hard top-1 |", "|" + "---|" * 10]
@@ -231,8 +232,8 @@ def main() -> None:
     p.add_argument("--levels", default=LEVELS, help="levels whose latents step 1 keeps")
     p.add_argument("--level", type=int, default=31, help="K of the statistics (one of --levels)")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--settings", default="50,100,300,1000,all,auto")
-    p.add_argument("--tolerance", type=float, default=0.2, help="the rule's tolerance for the 'auto' setting")
+    p.add_argument("--settings", default="50,100,300,1000,all,rule0.2",
+                   help="per-class caps (no rule), all, and rule<tolerance> (per_class auto)")
     p.add_argument("--labels", default="soft,hard")
     p.add_argument("--results", default="bench/results/invert-subsample")
     p.add_argument("--set", action="append", default=[], help="a config override for every run (key=value)")
