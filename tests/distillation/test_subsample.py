@@ -153,6 +153,12 @@ def test_rule_stops_early_and_auto_depth_writes_the_chosen_levels_statistics(tmp
         assert torch.equal(ta[name], tf[name]), name
     sa, sf = load_tensors(auto / "selection.safetensors")[0], load_tensors(fixed / "selection.safetensors")[0]
     assert sa.keys() == sf.keys() and all(torch.equal(sa[k], sf[k]) for k in sa)  # the same latents chosen
+    assert main(["report", str(auto)]) == 0
+    html = (auto / "report.html").read_text()
+    assert "diffusion.inversion_steps = auto" in html and f"{chosen} (chosen)" in html and "of 600 training" in html
+    base_rs = _distill(tmp_path / "base-rs", *sets, "select.method=base-rs", ipc=1)  # the same statistics
+    assert read_json(base_rs / "stages.json")["invert"]["key"] == rec["key"]
+    assert (base_rs / "stats.safetensors").read_bytes() == (auto / "stats.safetensors").read_bytes()
 
 
 @pytest.mark.parametrize(("setting", "needle"), [

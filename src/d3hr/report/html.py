@@ -275,7 +275,29 @@ def _normality(stats: tuple[dict, dict[str, Any]] | None, invert: dict[str, Any]
                                   ("share passing D'Agostino K² (p > 0.05)", "share_normal"))]
         parts.append(_table(["", *labels], rows, (1, 2)))
         parts.append(_p(f"Over classes with at least {MIN_COUNT} training images.", note=True))
+    parts += _subsample_and_depth(meta)
     return "\n".join(parts)
+
+
+def _subsample_and_depth(meta: dict[str, Any]) -> list[str]:
+    """How many images the statistics rest on (invert.per_class / tolerance) and, under K=auto, each candidate
+    level's normality with the chosen one."""
+    parts = []
+    sub = meta.get("subsample")
+    if isinstance(sub, dict):
+        rule = f"stopping rule at tolerance {sub.get('tolerance')}" if sub.get("tolerance") is not None else "no rule"
+        parts.append(_p(f"Statistics and diagnostics from {sub.get('inverted')} of {sub.get('available')} training "
+                        f"images (invert.per_class = {sub.get('per_class')}, {rule}, IPC {sub.get('ipc')}): the "
+                        "standard errors relative to what group sampling resolves are per class in stages.json."))
+    depth = meta.get("depth")
+    if isinstance(depth, dict) and isinstance(depth.get("levels"), dict):
+        rows = [[f"{lv}{' (chosen)' if str(depth.get('chosen')) == lv else ''}", _pct(s.get("share_normal"), 1),
+                 _num(s.get("mean_abs_skewness"), ".3f"), _num(s.get("mean_abs_excess_kurtosis"), ".3f")]
+                for lv, s in depth["levels"].items()]
+        parts.append(_p(f"K chosen from the data (diffusion.inversion_steps = auto): the smallest level after which "
+                        f"the share of normal dimensions rises by at most {depth.get('rise')}."))
+        parts.append(_table(["level K", "share normal", "mean |skewness|", "mean |excess kurtosis|"], rows, (1, 2, 3)))
+    return parts
 
 
 def _values(t: Any, keep: Any) -> np.ndarray | None:
