@@ -333,7 +333,8 @@ def _histogram(series: list[np.ndarray | None], labels: tuple[str, str], title: 
     ax.axvline(0.0, color="black", linewidth=0.8)
     ax.set_xlabel(title)
     ax.set_ylabel("(class, dimension) pairs")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no series when every class has fewer than MIN_COUNT images
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
