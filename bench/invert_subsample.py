@@ -141,7 +141,7 @@ def analyse(args: argparse.Namespace) -> None:
                 sets = ["invert.per_class=auto", f"invert.tolerance={float(setting[4:])}"]
             else:  # a cap without the rule, or all
                 sets = [f"invert.per_class={setting}", "invert.tolerance=null"]
-            sets.append(f"diffusion.inversion_steps={args.level}")
+            sets += [f"diffusion.inversion_steps={args.level}", f"invert.seed={seed}"]  # a subsample per seed
             run = Run(_config(args.dataset, args.out / "runs" / f"ipc{args.ipc}-{setting}-seed{seed}", args.ipc,
                               seed, [*args.set, *sets]))
             ctx = run.ctx

@@ -117,7 +117,8 @@ def test_invert_subsample_emulates_the_invert_stage(tmp_path):
     env_cache = Path(os.environ["D3HR_CACHE"])
     sets = [*FAST_TRAIN, "diffusion.inversion_steps=4", "invert.check_every=10"]
     real = ["-m", "d3hr", "distill", "--dataset", "digits", "--ipc", "2", "--seed", "1",
-            *(a for s in [*sets, "invert.per_class=auto", "invert.tolerance=0.4"] for a in ("--set", s)),
+            *(a for s in [*sets, "invert.per_class=auto", "invert.tolerance=0.4", "invert.seed=1"]
+              for a in ("--set", s)),
             "--out", str(tmp_path / "real")]
     _run(*real)
     common = ["--out", str(tmp_path / "scratch"), "--dataset", "digits", "--threads", "1", "--part", "256",

@@ -52,6 +52,20 @@ def test_all_is_every_image_in_dataset_order_in_one_round():
     assert plan.still_active(0, [0, 1, 2], []) == []
 
 
+def test_runs_at_other_seeds_share_one_inversion_unless_the_order_follows_the_seed(tmp_path):
+    from d3hr.config import load_config, nest
+    from d3hr.distillation import invert
+    from d3hr.distillation.context import Context
+
+    def key(seed: int, order_seed: int | None) -> str:
+        cfg = load_config(None, [nest("data.name", "digits"), nest("seed", seed), nest("invert.seed", order_seed),
+                                 nest("out", str(tmp_path / f"r{seed}"))])
+        return invert.stage_key(Context(cfg), "generator-key")
+
+    assert key(0, 0) == key(1, 0)
+    assert key(0, None) != key(1, None) and key(1, None) == key(1, 1)
+
+
 def test_relative_errors_follow_the_formulas():
     gen = torch.Generator().manual_seed(0)
     n, ipc = 20000, 10

@@ -61,7 +61,7 @@ def stage_key(ctx: Context, previous: str | None) -> str:
 
 
 def order_seed(ctx: Context) -> int:
-    """The seed of the visiting order: invert.seed, else the run's seed."""
+    """The seed of the visiting order: invert.seed (default 0), or the run's seed when it is null."""
     return ctx.cfg.seed if ctx.cfg.invert.seed is None else ctx.cfg.invert.seed
 
 
