@@ -220,3 +220,21 @@ def test_full_and_unknown_methods_give_one_line_errors(tmp_path, capsys):
     assert err == ("d3hr: error: select.method must be one of d3hr, base-rs, random-real, herding, kmeans-latent, "
                    "base-ddpm, got 'herd'")
     assert not (tmp_path / "x" / "config.yaml").exists()
+
+
+def test_herding_selects_again_when_the_teacher_changes(root, tmp_path, monkeypatch, capsys):
+    """The teacher's weights are part of herding's key: a newer teacher in the cache is not skipped over."""
+    import shutil
+
+    cache, run = tmp_path / "cache", tmp_path / "herding"
+    shutil.copytree(root / "cache-herding", cache)
+    monkeypatch.setenv("D3HR_CACHE", str(cache))
+    assert _distill(run, "herding") == 0
+    before = json.loads((run / "manifest.json").read_text())["method_details"]["teacher_sha256"]
+    get_teacher(DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"), epochs=3, cache=cache)
+    monkeypatch.setenv("D3HR_QUIET", "0")
+    capsys.readouterr()
+    assert _distill(run, "herding") == 0
+    assert "[select] unchanged" not in capsys.readouterr().err
+    after = json.loads((run / "manifest.json").read_text())["method_details"]["teacher_sha256"]
+    assert after != before

@@ -28,22 +28,24 @@ class Method:
     level: str  # what the selection holds: 'K' latents at the inversion level, '0' latents, 'images' real images
     key_fields: tuple[str, ...]  # dotted config fields that the select stage's key hashes
     summary: str  # one line for `d3hr methods`
+    key_inputs: Callable[[Any], dict[str, Any]] | None = None  # ctx -> what else the key hashes (e.g. a teacher)
 
 
 METHODS: dict[str, Method] = {}
 
 
 def register_method(name: str, *, needs_generator: bool, needs_inversion: bool, level: str,
-                    key_fields: tuple[str, ...]) -> Callable[[SelectFn], SelectFn]:
+                    key_fields: tuple[str, ...], key_inputs: Callable[[Any], dict[str, Any]] | None = None
+                    ) -> Callable[[SelectFn], SelectFn]:
     """Decorator: register ``fn(ctx, out, key) -> details`` as method ``name`` (its docstring's first line is the
-    summary)."""
+    summary). ``key_inputs(ctx)``: inputs outside the config that the selection depends on, hashed into its key."""
     if level not in ("K", "0", "images"):
         raise ValueError(f"level must be K, 0 or images, got {level!r}")
 
     def deco(fn: SelectFn) -> SelectFn:
         summary = (fn.__doc__ or name).strip().splitlines()[0]
         METHODS[name] = Method(name, fn, needs_generator or needs_inversion, needs_inversion, level, key_fields,
-                               summary)
+                               summary, key_inputs)
         return fn
 
     return deco

@@ -51,7 +51,9 @@ def _field(cfg: Any, dotted: str) -> Any:
 def stage_key(ctx: Context, previous: str | None) -> str:
     """The method, the key of the stage before (the data's identity when none ran) and the method's key fields."""
     fields = {f: _field(ctx.cfg, f) for f in ctx.spec.key_fields}
-    return sha256_json({"method": ctx.method, "previous": previous or ctx.data_identity(), "fields": fields})
+    inputs = ctx.spec.key_inputs(ctx) if ctx.spec.key_inputs is not None else None
+    return sha256_json({"method": ctx.method, "previous": previous or ctx.data_identity(), "fields": fields,
+                        **({"inputs": inputs} if inputs is not None else {})})
 
 
 def run(ctx: Context, previous: str | None) -> str:
@@ -170,12 +172,18 @@ def random_real(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     return _write_rows(ctx, out, key, rows, [], {"images": RANDOM_DRAW})
 
 
-@register_method("herding", needs_generator=False, needs_inversion=False, level="images", key_fields=_SELECT)
-def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
-    """Herding: greedy herding of training images on the evaluation teacher's penultimate features."""
+def _herding_teacher(ctx: Context) -> tuple[Any, dict[str, Any]]:
     if ctx.teacher is None:
         raise D3HRError("method herding needs the evaluation teacher: run it through d3hr's API or CLI")
-    teacher, info = ctx.teacher(ctx, HERDING_TEACHER)  # every rank takes part (under torchrun it trains with DDP)
+    return ctx.teacher(ctx, HERDING_TEACHER)  # every rank takes part (under torchrun it trains with DDP)
+
+
+@register_method("herding", needs_generator=False, needs_inversion=False, level="images", key_fields=_SELECT,
+                 key_inputs=lambda ctx: {"teacher_sha256": _herding_teacher(ctx)[1]["sha256"]})
+def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
+    """Herding: greedy herding of training images on the evaluation teacher's penultimate features (the teacher's
+    weights sha256 is part of the selection's key)."""
+    teacher, info = _herding_teacher(ctx)
     if not ctx.world.is_main:
         return {}
     ipc, ds = ctx.cfg.select.ipc, ctx.train_set
