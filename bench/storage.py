@@ -116,7 +116,7 @@ def computed_imagenet(ipc: int, png: float, generator_params: int) -> dict:
     z = torch.zeros
     digest = "0" * 64
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "d3hr": __version__, "method": "d3hr",
-            "form": "statistics", "level": "K", "ipc": ipc, "classes": wnids, "latent_shape": list(latent),
+            "form": "statistics", "ipc": ipc, "classes": wnids, "latent_shape": list(latent),
             "strategy": "group", "config": {f: config_value(Config(), f) for f in CONFIG_FIELDS},
             "keys": {"select": digest, "generate": digest}, "generator": {"sha256": digest,
                                                                           "hint": "facebook/DiT-XL-2-256"},

@@ -222,3 +222,13 @@ def test_pack_refuses_a_run_that_changed_since_its_manifest(root, tmp_path):
     with pytest.raises(D3HRError, match=r"00000.png differs from its sha256 in the manifest; check the run"):
         d3hr.pack(run, tmp_path / "x.d3hr")
     assert not list(tmp_path.glob("*.d3hr"))
+
+
+def test_a_packed_generator_path_that_is_not_here_asks_for_the_generator(packed, tmp_path):
+    import d3hr
+
+    gen = load_tensors(packed)[1]["generator"]
+    moved = _rewrite(packed, tmp_path / "moved.d3hr", generator={**gen, "hint": "/elsewhere/generator"})
+    with pytest.raises(D3HRError, match=f"/elsewhere/generator, which is not here; pass --generator .*{gen['sha256']}"):
+        d3hr.unpack(moved, tmp_path / "run")
+    assert d3hr.unpack(moved, tmp_path / "run", generator=gen["hint"])["differ"] == []

@@ -18,7 +18,7 @@ the images and checks each against its sha256. ``SET.d3hr`` holds (C classes, D 
     image_sha256 (N, 32) uint8    sha256 of every PNG, in class order then name order
     image_thumb  (N, 4, 4) uint8  its box-averaged gray thumbnail: how far an image that differs has moved
 
-and one JSON metadata string: the format and its version, the d3hr version, method, form, level, ipc, class names,
+and one JSON metadata string: the format and its version, the d3hr version, method, form, ipc, class names,
 latent shape, every config value the select and generate stages hash plus the shape sampling needs (CONFIG_FIELDS),
 the two stages' keys, the data identity, the generator's identity (sha256 over its weight files, and its path or hub
 id as a hint), the thread count and device the images were made with, and the manifest's method details.
@@ -74,12 +74,6 @@ class Packed:
     @property
     def classes(self) -> list[str]:
         return self.meta["classes"]
-
-    def counts(self) -> list[int]:
-        """Images per class."""
-        if self.form == "statistics":
-            return [self.meta["ipc"]] * len(self.classes)
-        return [int(n) for n in self.tensors["count"].tolist()]
 
 
 def config_value(cfg: Config, dotted: str) -> Any:
@@ -198,7 +192,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         tensors["label"] = _labels(cfg, classes, pointer["path"])
     made = stages["generate"]
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "d3hr": __version__, "method": spec.name,
-            "form": form, "level": spec.level, "ipc": cfg.select.ipc, "classes": classes,
+            "form": form, "ipc": cfg.select.ipc, "classes": classes,
             "latent_shape": list(sel["latents"].shape[2:]) if "latents" in sel else None,
             "strategy": sel_meta.get("strategy"), "config": {f: config_value(cfg, f) for f in CONFIG_FIELDS},
             "keys": {"select": stages["select"]["key"], "generate": made["key"]},

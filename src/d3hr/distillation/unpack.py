@@ -45,8 +45,13 @@ def packed_config(packed: Packed, out: str | Path, generator: str | None, device
     items = [nest(k, v) for k, v in packed.meta["config"].items()]
     cfg = load_config(None, items)
     cfg.out, cfg.device = str(out), device
-    if packed.meta["generator"] is not None:
-        cfg.generator.path = generator or packed.meta["generator"]["hint"]
+    packed_gen = packed.meta["generator"]
+    if packed_gen is not None:
+        hint = packed_gen["hint"]
+        if generator is None and Path(hint).is_absolute() and not Path(hint).is_dir():
+            raise D3HRError(f"{packed.path} was made with the generator {hint}, which is not here; pass --generator "
+                            f"with that generator (weights sha256 {packed_gen['sha256']})")
+        cfg.generator.path = generator or hint
     if root is not None:
         cfg.data.root = root
     return cfg

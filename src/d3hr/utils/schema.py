@@ -164,7 +164,7 @@ GENERATOR_POINTER = Obj({"path": str}, {"key": str, "pretrained": bool})
 MARKER = Obj({"format_version": int, "kind": str})
 PACK_FORMS = ("statistics", "latents", "images")  # what a packed set is regenerated from (d3hr.distillation.pack)
 PACK = Obj({"format": str, "format_version": int, "d3hr": str, "method": str,
-            "form": Match("|".join(PACK_FORMS), " or ".join(PACK_FORMS)), "level": str, "ipc": int,
+            "form": Match("|".join(PACK_FORMS), " or ".join(PACK_FORMS)), "ipc": int,
             "classes": ListOf(str), "config": dict, "keys": Obj({"select": SHA256, "generate": SHA256}),
             "dataset": dict, "generator": Nullable(Obj({"sha256": SHA256, "hint": str})),
             "generation": Obj({}, {"threads": Nullable(int), "device": Nullable(str), "processes": Nullable(int)}),
