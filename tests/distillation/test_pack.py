@@ -232,3 +232,14 @@ def test_a_packed_generator_path_that_is_not_here_asks_for_the_generator(packed,
     with pytest.raises(D3HRError, match=f"/elsewhere/generator, which is not here; pass --generator .*{gen['sha256']}"):
         d3hr.unpack(moved, tmp_path / "run")
     assert d3hr.unpack(moved, tmp_path / "run", generator=gen["hint"])["differ"] == []
+
+
+def test_evaluate_verify_and_report_accept_the_unpacked_folder(packed, tmp_path):
+    import d3hr
+    from d3hr.report import write_report
+
+    run = Path(d3hr.unpack(packed, tmp_path / "run")["run"])
+    assert verify(run) == []
+    out = d3hr.evaluate(run, labels="hard", epochs=1, seeds=1)
+    assert out["trained"] == 1 and 0 <= out["summary"]["top1_mean"] <= 1
+    assert write_report(run).is_file()
