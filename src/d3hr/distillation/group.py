@@ -221,11 +221,16 @@ def group_latents(mean: torch.Tensor, std: torch.Tensor, z: torch.Tensor) -> tor
 
 def chosen_candidates(seed: int, pool: torch.Tensor, index: torch.Tensor, ipc: int, dim: int) -> torch.Tensor:
     """Redraw candidate ``index[c]`` of pool ``pool[c]`` for every class c: z (C, ipc, D) on the CPU, the same
-    numbers ``select_groups`` drew for it at any chunk size or process split. Only the draw block that holds each
-    candidate is drawn (DRAW_BLOCK candidates a class), never the whole pool."""
+    numbers ``select_groups`` drew for it at any chunk size or process split. Only the draw blocks that hold the
+    chosen candidates are drawn (DRAW_BLOCK candidates each, once however many classes chose from one), never the
+    whole pool."""
     z = torch.empty(len(index), ipc, dim)
     block = torch.empty(DRAW_BLOCK, ipc, dim)
+    users: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (pool, block start) -> [(class, candidate)]
     for c, (p, i) in enumerate(zip(pool.tolist(), index.tolist())):
-        start = i - i % DRAW_BLOCK
-        z[c] = draw_candidates(seed, p, start, DRAW_BLOCK, ipc, dim, out=block)[i - start]
+        users.setdefault((p, i - i % DRAW_BLOCK), []).append((c, i))
+    for (p, start), chosen in users.items():
+        draw_candidates(seed, p, start, DRAW_BLOCK, ipc, dim, out=block)
+        for c, i in chosen:
+            z[c] = block[i - start]
     return z
