@@ -134,3 +134,43 @@ def test_invert_subsample_emulates_the_invert_stage(tmp_path):
     assert check is not None and check["count_equal"], check  # the real run's key was found in the cache
     assert max(check[n] for n in ("mean", "std", "skewness")) < 1e-4, check
     assert (tmp_path / "results" / "ipc2.md").is_file() and env_cache.is_dir()
+
+
+@pytest.fixture(scope="module")
+def tiny_d3hr_run(tmp_path_factory):
+    """A D3HR run on digits with a tiny random generator given as a pretrained one (no training)."""
+    import torch
+
+    from d3hr.cli import main
+    from d3hr.generator import build_small, save_generator
+    from tests.conftest import TINY
+
+    root = tmp_path_factory.mktemp("bench-pack")
+    torch.manual_seed(0)
+    save_generator(build_small(num_classes=10, channels=1, image_size=8, **TINY).eval(), root / "gen")
+    sets = ["select.candidates=256", "diffusion.num_steps=10", "diffusion.inversion_steps=6", "data.limit=600"]
+    assert main(["distill", "--dataset", "digits", "--ipc", "3", "--generator", str(root / "gen"), "--guidance", "1",
+                 "--out", str(root / "run"), *[a for s in sets for a in ("--set", s)]]) == 0
+    return root / "run"
+
+
+def test_storage_measures_a_run_and_computes_imagenet(tiny_d3hr_run):
+    out = _run(str(BENCH / "storage.py"), str(tiny_d3hr_run))
+    rows = {r[1].strip(): [c.strip() for c in r[2:]] for r in (ln.split("|") for ln in out.splitlines())
+            if len(r) > 8 and r[1].strip() not in ("set", "---")}
+    digits = rows["digits IPC 3 (d3hr)"]
+    assert digits[0] == "30" and float(digits[3]) > 1  # 8x8 digits: the pack is larger than the PNGs it stands for
+    assert digits[5] == "360.0 KB"  # 30 images x 300 epochs x 1 view x 10 classes x 4 bytes
+    for ipc, soft in ((10, "12.0 GB"), (50, "60.0 GB")):
+        row = rows[f"ImageNet-1K IPC {ipc} (d3hr, computed)"]
+        assert row[0] == f"{1000 * ipc:,}" and row[5] == soft and float(row[3]) < 0.1
+
+
+def test_unpack_costs_what_generate_costs(tiny_d3hr_run):
+    out = _run(str(BENCH / "unpack.py"), str(tiny_d3hr_run), "--repeats", "1")
+    lines = {ln.split("  ")[0]: ln for ln in out.splitlines()}
+    g = float(lines["generate stage (d3hr generate)"].split("median")[1].split()[0])
+    u = float(lines["unpack (d3hr unpack)"].split("median")[1].split()[0])
+    ratio = float(lines["unpack / generate"].split()[-1].rstrip("x"))
+    assert g > 0 and u > 0 and ratio == pytest.approx(u / g, rel=0.02)
+    assert "10/10 classes choose the packed candidate with float16 skewness" in out

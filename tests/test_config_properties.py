@@ -196,11 +196,10 @@ def _not_a_number(text: str) -> bool:
 def _typed(tp: typing.Any) -> st.SearchStrategy:
     """Values of an annotated config type (optionals include None)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if args and type(None) in args:
+    if args and origin is not list:  # unions: None, and for int | str a number or a word not read as one (auto)
         rest = [a for a in args if a is not type(None)]
-        return st.none() | _typed(rest[0] if len(rest) == 1 else typing.Union[tuple(rest)])
-    if args and origin is not list:  # int | str: a number, or a word that does not read as one (auto, all)
-        return st.one_of([_typed(a) if a is not str else TEXT.filter(_not_a_number) for a in args])
+        values = st.one_of([TEXT.filter(_not_a_number) if a is str and len(rest) > 1 else _typed(a) for a in rest])
+        return st.none() | values if len(rest) < len(args) else values
     if origin is list:
         return st.lists(_typed(args[0]), max_size=4)
     return {bool: st.booleans(), int: st.integers(-(10**9), 10**9), float: st.floats(width=64),

@@ -16,7 +16,8 @@ except PackageNotFoundError:  # a source tree on sys.path that was never install
     __version__ = "0+unknown"
 
 # public name -> the module that defines it
-_API = {**dict.fromkeys(("distill", "finetune", "generate", "invert", "load_run", "select", "train_generator"),
+_API = {**dict.fromkeys(("distill", "finetune", "generate", "invert", "load_run", "pack", "select", "train_generator",
+                         "unpack"),
                         "d3hr.api"),
         "verify": "d3hr.utils.manifest", "evaluate": "d3hr.evaluation", "metrics": "d3hr.evaluation.set_quality",
         "Config": "d3hr.config", "load_config": "d3hr.config", "D3HRError": "d3hr.errors"}

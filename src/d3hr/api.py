@@ -88,6 +88,27 @@ def distill(cfg: Config | None = None, **overrides: Any) -> dict[str, Any]:
     return out
 
 
+def pack(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+    """Pack a run folder into the statistics, seeds and hashes that regenerate it: one safetensors file (default
+    RUN.d3hr beside the run); returns its path, size and the size of the PNGs it stands for."""
+    from d3hr.distillation.pack import pack_run
+
+    return pack_run(run, out)
+
+
+def unpack(pack: str | Path, out: str | Path, generator: str | None = None, force: bool = False,
+           device: str = "cpu", root: str | None = None, check_choice: bool = False) -> dict[str, Any]:
+    """Regenerate a packed set into the run folder ``out`` and check every image against its packed sha256.
+
+    ``generator``: its directory or hub id (default: the path packed as a hint); another generator than the packed
+    one is refused unless ``force``. ``root``: the dataset's folder, for packs of training images. ``check_choice``:
+    first redo group sampling from the packed statistics. Returns the report; images that differ from the pack raise
+    d3hr.distillation.unpack.ImagesDiffer (a D3HRError whose ``report`` lists them)."""
+    from d3hr.distillation.unpack import unpack_set
+
+    return unpack_set(pack, out, generator, force, device, root, check_choice)
+
+
 def load_run(path: str | Path) -> dict[str, Any]:
     """Read a run folder: its config, manifest, statistics and selection (tensors as torch tensors)."""
     root = Path(path)

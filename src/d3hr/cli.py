@@ -96,6 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="e.g. generator.dit.lr=1e-4, generator.dit.batch_size=256, generator.precision=bf16")
     p.add_argument("--device")
+    p = sub.add_parser("pack", help="pack a run into statistics and seeds (one safetensors file) to regenerate it")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", "-o", help="the pack (default: RUN.d3hr beside the run)")
+    p = sub.add_parser("unpack", help="regenerate a packed set into a run folder; check every image's sha256")
+    p.add_argument("pack", help="a file written by d3hr pack")
+    p.add_argument("--out", "-o", required=True, help="run folder to write")
+    p.add_argument("--generator", help="diffusers directory or hub id (default: the path packed as a hint)")
+    p.add_argument("--force", action="store_true",
+                   help="regenerate with another generator (or dataset) than the packed one: the images will differ")
+    p.add_argument("--root", help="dataset folder, for packs of training images (random-real, herding)")
+    p.add_argument("--check-choice", action="store_true",
+                   help="first redo group sampling from the packed statistics (costs what d3hr select costs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, ...; byte-identical images need the device "
+                   "and thread count the set was made with")
     sub.add_parser("methods", help="list the distillation methods and what each needs")
     p = sub.add_parser("verify", help="check every file of a run against the sha256 in its manifest")
     p.add_argument("run", help="run folder")
@@ -297,6 +311,34 @@ def _metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pack(args: argparse.Namespace) -> int:
+    from d3hr.api import pack
+
+    out = pack(args.run, args.out)
+    print(f"d3hr: packed {args.run} ({out['images']} images, {out['png_bytes']:,} bytes of PNG) into {out['pack']} "
+          f"({out['bytes']:,} bytes, {out['form']}); regenerate it with: d3hr unpack {out['pack']} --out RUN")
+    return 0
+
+
+def _unpack(args: argparse.Namespace) -> int:
+    from d3hr.api import unpack
+    from d3hr.distillation.unpack import ImagesDiffer
+
+    try:
+        out = unpack(args.pack, args.out, args.generator, args.force, args.device, args.root, args.check_choice)
+    except ImagesDiffer as exc:
+        for row in exc.report["differ"]:
+            print(f"{exc.report['run']}: {row['image']}: differs from the pack (thumbnail up to "
+                  f"{row['thumbnail_max_diff']} gray levels apart)")
+        raise
+    if out["differ"]:
+        print(f"d3hr: unpacked {args.pack} into {out['run']} with another generator or dataset (--force): "
+              f"{len(out['differ'])} of {out['images']} images differ from the packed ones, as said")
+    else:
+        print(f"d3hr: unpacked {args.pack} into {out['run']}: all {out['images']} images byte-identical to the pack")
+    return 0
+
+
 def _methods(args: argparse.Namespace) -> int:
     from d3hr.distillation.methods import METHODS, method_names
 
@@ -309,7 +351,7 @@ def _methods(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "methods": _methods, "verify": _verify, "evaluate": _evaluate, "metrics": _metrics, "report": _report,
-    "compare": _compare, "finetune": _finetune,
+    "compare": _compare, "finetune": _finetune, "pack": _pack, "unpack": _unpack,
     **{name: _stage for name in ("distill", *STAGES)}}
 
 

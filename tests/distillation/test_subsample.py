@@ -170,6 +170,8 @@ def test_rule_stops_early_and_auto_depth_writes_the_chosen_levels_statistics(tmp
     assert main(["report", str(auto)]) == 0
     html = (auto / "report.html").read_text()
     assert "diffusion.inversion_steps = auto" in html and f"{chosen} (chosen)" in html and "of 600 training" in html
+    assert main(["pack", str(auto), "-o", str(tmp_path / "auto.d3hr")]) == 0  # packs the chosen level
+    assert main(["unpack", str(tmp_path / "auto.d3hr"), "--out", str(tmp_path / "unpacked")]) == 0
     base_rs = _distill(tmp_path / "base-rs", *sets, "select.method=base-rs", ipc=1)  # the same statistics
     assert read_json(base_rs / "stages.json")["invert"]["key"] == rec["key"]
     assert (base_rs / "stats.safetensors").read_bytes() == (auto / "stats.safetensors").read_bytes()

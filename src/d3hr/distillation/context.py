@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,24 @@ def short_classes(classes: list[str], counts: list[int], ipc: int, allow: bool) 
     return short
 
 
+@dataclass(frozen=True)
+class KnownData:
+    """A run's data as a pack recorded it (d3hr.distillation.pack), for regenerating a set from statistics without a
+    training image: the class names, the generator's label of each, and the data identity the run keyed on."""
+
+    classes: list[str]
+    labels: list[int]
+    identity: dict[str, Any]
+
+
 class Context:
     """The inputs shared by the stages of one run. Construction validates every user value and resolves the data's
-    shape (said once, written to config.yaml) before any work."""
+    shape (said once, written to config.yaml) before any work.
 
-    def __init__(self, cfg: Config):
+    With ``known`` (regeneration from a pack) no data is read: ``cfg`` holds the resolved shape already, the training
+    set is an empty one with the known classes, and the identity and labels are the recorded ones."""
+
+    def __init__(self, cfg: Config, known: KnownData | None = None):
         if cfg.diffusion.guidance_scale is None:
             cfg.diffusion.guidance_scale = 4.0 if cfg.generator.path is not None else 1.0
         validate(cfg)
@@ -62,19 +76,26 @@ class Context:
         self.world = get_world(cfg.device)  # torchrun: K processes; otherwise a world of one
         self.device = torch.device(check_device(rank_device(cfg.device, self.world)))
         self.folder = RunFolder(cfg.out, main=self.world.is_main)
+        self.known = known
+        self.generator_path: Path | None = None  # set by the generator stage
+        self.teacher: TeacherFn | None = None  # given by whoever runs the pipeline (d3hr.api)
+        self._gen: Generator | None = None
         if cfg.generator.path is None and self.spec.needs_generator:
             self.check_num_steps(SMALL_SCHEDULE["num_train_timesteps"])  # the schedule of a generator trained here
+        if known is not None:
+            d = cfg.data  # (0, C, H, W): the classes and shape, no image
+            empty = torch.empty(0, d.channels, d.resolution, d.resolution, dtype=torch.uint8)
+            self.train_set: ImageSet = ImageSet(d.name, list(known.classes), np.empty(0, dtype=np.int64), d.channels,
+                                                d.resolution, empty)
+            return
         raw = load_raw(cfg.data, "train")
         side, channels = generator_shape(cfg.generator.path) if cfg.generator.path is not None else (None, None)
         self.data_note = resolve_config(cfg, raw.survey(), side, channels).note
         validate(cfg)
         if self.world.is_main:
             say(self.data_note)
-        self.train_set: ImageSet = raw.reshaped(cfg.data.resolution, cfg.data.channels)
+        self.train_set = raw.reshaped(cfg.data.resolution, cfg.data.channels)
         self._fingerprint = fingerprint(raw, cfg.data.fingerprint)  # the files as found: content, not path
-        self.generator_path: Path | None = None  # set by the generator stage
-        self.teacher: TeacherFn | None = None  # given by whoever runs the pipeline (d3hr.api)
-        self._gen: Generator | None = None
 
     @property
     def method(self) -> str:
@@ -91,6 +112,8 @@ class Context:
 
     def data_identity(self) -> dict[str, Any]:
         """The dataset as every cache keys it: where it is, its shape, and a fingerprint of its content."""
+        if self.known is not None:
+            return dict(self.known.identity)
         d = self.cfg.data
         root = str(Path(d.root).resolve()) if d.root else None
         return {"name": d.name, "root": root, "limit": d.limit, "image_size": d.image_size, "fit": d.fit,
@@ -127,6 +150,11 @@ class Context:
     def class_labels(self, gen: Generator) -> torch.Tensor:
         """The generator's label index for each dataset class, (C,)."""
         classes = self.train_set.classes
+        if self.known is not None:
+            if max(self.known.labels, default=-1) >= gen.num_labels:
+                raise D3HRError(f"the packed labels go up to {max(self.known.labels)} but the generator has "
+                                f"{gen.num_labels} labels")
+            return torch.as_tensor(self.known.labels, dtype=torch.long)
         if self.cfg.generator.class_map is None:
             if len(classes) > gen.num_labels:
                 raise D3HRError(f"the generator has {gen.num_labels} labels but the dataset has {len(classes)} "

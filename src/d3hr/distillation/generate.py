@@ -93,6 +93,7 @@ def run(ctx: Context, previous: str | None) -> str:
     if ctx.world.is_main:
         key_file.unlink()
         replace_dir(partial, out)
-        ctx.record(NAME, key, time.time() - t0, images=sum(counts), processes=ctx.world.size)
+        ctx.record(NAME, key, time.time() - t0, images=sum(counts), processes=ctx.world.size,
+                   threads=torch.get_num_threads(), device=str(ctx.device))  # what byte-identical images need
     ctx.world.barrier()
     return key

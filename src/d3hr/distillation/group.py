@@ -36,6 +36,7 @@ import torch
 from d3hr.utils.seeding import generator_for
 
 DRAW_BLOCK = 64  # candidates drawn per seeded generator call
+DRAWS = "z = randn(64, ipc, D) per block, generator seeded by sha256('seed:pool:p:block:b')"  # in a selection
 SKEWNESS = ("biased", "adjusted")
 SLICE_ELEMENTS = 1 << 17  # numbers per slice in group_z_stats on the CPU: 512 KB of float32, three live buffers fit L2
 
@@ -208,5 +209,28 @@ def select_groups(mean: torch.Tensor, std: torch.Tensor, skew: torch.Tensor, ipc
                 best_z[upd] = z[idx[better].to(z.device)].cpu()
         if progress is not None:
             progress(len(cls))
-    x = mean.float()[:, None, :] + std.float()[:, None, :] * best_z  # (C, ipc, D)
-    return Selection(x, best_index, torch.arange(num_classes) % k, best_loss, loss_first)
+    return Selection(group_latents(mean, std, best_z), best_index, torch.arange(num_classes) % k, best_loss,
+                     loss_first)
+
+
+def group_latents(mean: torch.Tensor, std: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The latents x = mu + sigma * z (C, ipc, D) of chosen groups z (C, ipc, D), from mean and std (C, D): the one
+    expression selection and regeneration (d3hr.distillation.unpack) both use, so that x has the same bits."""
+    return mean.float()[:, None, :] + std.float()[:, None, :] * z
+
+
+def chosen_candidates(seed: int, pool: torch.Tensor, index: torch.Tensor, ipc: int, dim: int) -> torch.Tensor:
+    """Redraw candidate ``index[c]`` of pool ``pool[c]`` for every class c: z (C, ipc, D) on the CPU, the same
+    numbers ``select_groups`` drew for it at any chunk size or process split. Only the draw blocks that hold the
+    chosen candidates are drawn (DRAW_BLOCK candidates each, once however many classes chose from one), never the
+    whole pool."""
+    z = torch.empty(len(index), ipc, dim)
+    block = torch.empty(DRAW_BLOCK, ipc, dim)
+    users: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (pool, block start) -> [(class, candidate)]
+    for c, (p, i) in enumerate(zip(pool.tolist(), index.tolist())):
+        users.setdefault((p, i - i % DRAW_BLOCK), []).append((c, i))
+    for (p, start), chosen in users.items():
+        draw_candidates(seed, p, start, DRAW_BLOCK, ipc, dim, out=block)
+        for c, i in chosen:
+            z[c] = block[i - start]
+    return z

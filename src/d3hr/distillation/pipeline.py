@@ -24,7 +24,7 @@ from d3hr import __version__
 from d3hr.config import Config
 from d3hr.data.images import ImageSet
 from d3hr.distillation import generate, generator_stage, invert, select
-from d3hr.distillation.context import Context, TeacherFn
+from d3hr.distillation.context import Context, KnownData, TeacherFn
 from d3hr.generator import Generator
 from d3hr.runfolder import (
     EVAL,
@@ -47,10 +47,11 @@ STAGES = (generator_stage, invert, select, generate)  # run in this order
 
 
 class Run:
-    """One run: its context and the stages run forward up to the one asked for."""
+    """One run: its context and the stages run forward up to the one asked for (``known``: the data as a pack
+    recorded it, for regeneration; see Context)."""
 
-    def __init__(self, cfg: Config, teacher: TeacherFn | None = None):
-        self.ctx = Context(cfg)
+    def __init__(self, cfg: Config, teacher: TeacherFn | None = None, known: KnownData | None = None):
+        self.ctx = Context(cfg, known)
         self.ctx.teacher = teacher  # for methods that select with the evaluation teacher (herding)
         self.keys: dict[str, str] = {}  # the key of every stage run so far in this process
 

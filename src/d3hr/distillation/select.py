@@ -24,7 +24,7 @@ from d3hr.distillation.baselines import (
     random_subset,
 )
 from d3hr.distillation.context import Context, short_classes
-from d3hr.distillation.group import select_groups
+from d3hr.distillation.group import DRAWS, select_groups
 from d3hr.distillation.methods import register_method
 from d3hr.errors import D3HRError
 from d3hr.runfolder import SELECTION, STATS
@@ -99,9 +99,7 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
                "pool": sel.pool, "loss": sel.loss, "loss_first": sel.loss_first}
     save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": strategy,
                                 "ipc": s.ipc, "short_classes": short, "seed": ctx.cfg.seed,
-                                "candidates": s.candidates, "weights": s.weights, "pools": s.pools,
-                                "draws": "z = randn(64, ipc, D) per block, generator seeded by "
-                                "sha256('seed:pool:p:block:b')"})
+                                "candidates": s.candidates, "weights": s.weights, "pools": s.pools, "draws": DRAWS})
     gain = float((1 - sel.loss / sel.loss_first.clamp_min(1e-12)).mean())
     say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
         f"({100 * gain:.1f}% under a single random group)")

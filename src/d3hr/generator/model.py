@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 from d3hr.data.images import match_channels
 from d3hr.diffusion.ddim import make_alphas_cumprod
 from d3hr.errors import D3HRError
-from d3hr.utils.io import write_json
+from d3hr.utils.io import sha256_file, write_json
 from d3hr.utils.progress import say
 
 INFO_FILE = "d3hr_generator.json"
@@ -25,6 +26,7 @@ INFO_FILE = "d3hr_generator.json"
 SMALL_SCHEDULE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 # Scheduler config values d3hr's DDIM follows (the diffusers defaults); a generator's config that differs is refused.
 FOLLOWED = {"trained_betas": None, "prediction_type": "epsilon", "rescale_betas_zero_snr": False}
+WEIGHT_FOLDERS = ("vae", "transformer")  # the subfolders whose safetensors files load_generator reads
 
 
 @dataclass
@@ -122,8 +124,8 @@ def image_side(vae_config: dict[str, Any], transformer_config: dict[str, Any]) -
     return int(latent) * factor if latent else int(vae_config["sample_size"])
 
 
-def generator_shape(source: str | Path) -> tuple[int, int]:
-    """(image side, image channels) of a diffusers generator directory or hub id, from its configs alone."""
+def _configs(source: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The VAE and DiT configs of a diffusers generator directory or hub id, or a one-line error."""
     diffusers_logging.set_verbosity_error()
     try:
         vae = AutoencoderKL.load_config(str(source), subfolder="vae")
@@ -131,7 +133,41 @@ def generator_shape(source: str | Path) -> tuple[int, int]:
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise D3HRError(f"cannot load generator {source}: {first}") from None
+    return vae, dit
+
+
+def generator_shape(source: str | Path) -> tuple[int, int]:
+    """(image side, image channels) of a diffusers generator directory or hub id, from its configs alone."""
+    vae, dit = _configs(source)
     return image_side(vae, dit), int(vae.get("in_channels", 3))
+
+
+def generator_num_labels(source: str | Path) -> int:
+    """The number of class labels of a generator's DiT (label ``num_labels`` is the null label), from its config."""
+    return int(_configs(source)[1]["num_embeds_ada_norm"])
+
+
+def generator_sha256(source: str | Path) -> str:
+    """The generator's identity: sha256 over the sorted relative paths and the sha256 of the bytes of every
+    safetensors file under vae/ and transformer/ (the weights load_generator reads), one line each, of a diffusers
+    directory or of a hub id's snapshot in the local Hugging Face cache (fetched when missing and allowed).
+
+    Configs are left out: diffusers rewrites them with its version; a change that matters shows in the images."""
+    local = Path(str(source))
+    if not local.is_dir():
+        from huggingface_hub import snapshot_download
+
+        try:
+            local = Path(snapshot_download(str(source), allow_patterns=[f"{p}/*" for p in WEIGHT_FOLDERS]))
+        except Exception as exc:  # the hub client raises many types: offline, unknown repo, no access
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise D3HRError(f"cannot read the weight files of generator {source}: {first}") from None
+    files = sorted(p.relative_to(local).as_posix() for part in WEIGHT_FOLDERS
+                   for p in (local / part).rglob("*.safetensors") if p.is_file())
+    if not files:
+        raise D3HRError(f"generator {source} has no safetensors weight files under {' or '.join(WEIGHT_FOLDERS)}/")
+    listing = "".join(f"{rel} {sha256_file(local / rel)}\n" for rel in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
 
 
 def build_small(num_classes: int, channels: int, image_size: int, block_out_channels: list[int],
