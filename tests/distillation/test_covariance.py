@@ -205,7 +205,7 @@ def test_accumulators_over_the_memory_budget_are_refused_before_inversion(monkey
     assert "use stats.covariance=lowrank:R" in _one_line(exc)
     with pytest.raises(D3HRError) as exc:
         check_fits("lowrank:64", dim=4096, num_classes=1000, images=1_281_167, levels=1)
-    assert "set invert.per_class to at most 262" in _one_line(exc)
+    assert "set invert.per_class to at most 524" in _one_line(exc)
     monkeypatch.setattr(cv, "MEMORY_BUDGET", 1000)
     check_fits("diag", dim=4096, num_classes=1000, images=1_281_167, levels=1)  # diag keeps nothing
 

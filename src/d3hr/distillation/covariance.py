@@ -52,7 +52,7 @@ from d3hr.config import covariance_form, shrinkage_value
 from d3hr.distillation.moments import Moments
 from d3hr.errors import D3HRError
 
-MEMORY_BUDGET = 4 * 2**30  # bytes of kept latents and co-moments inversion may hold for stats.covariance != diag
+MEMORY_BUDGET = 8 * 2**30  # bytes of kept latents and co-moments inversion may hold for stats.covariance != diag
 NOT_PD = 1e-12  # a diagonal remainder at or below this share of its variance counts as not positive definite
 
 
