@@ -38,15 +38,15 @@ def reference(tmp_path_factory):
     return run
 
 
-def _kill_when(run: Path, ready, timeout: float = 300.0) -> None:
-    """Start `d3hr distill` in a subprocess and SIGKILL it as soon as ``ready(run)`` is true."""
+def _kill_when(run: Path, ready, timeout: float = 300.0, args: list[str] = ARGS) -> None:
+    """Start `d3hr distill` (with ``args``) in a subprocess and SIGKILL it as soon as ``ready(run)`` is true."""
     import shutil
 
     shutil.rmtree(Path(os.environ["D3HR_CACHE"]) / "stats", ignore_errors=True)  # make it really invert
     # Same thread count as this process: CPU kernels may round differently with another number of threads.
     env = {**os.environ, "D3HR_CHECKPOINT_SECONDS": "0", "D3HR_QUIET": "1",
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen([sys.executable, "-m", "d3hr", "distill", *ARGS, "--out", str(run)], env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "d3hr", "distill", *args, "--out", str(run)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while not ready(run):
@@ -65,6 +65,18 @@ def test_killed_during_inversion_resumes_identically(reference, tmp_path, capsys
     assert main(["distill", *ARGS, "--out", str(run)]) == 0
     assert "[invert] resuming at round" in capsys.readouterr().err
     assert _digests(run) == _digests(reference)
+
+
+def test_killed_during_inversion_resumes_identically_with_a_covariance(tmp_path, capsys, monkeypatch):
+    """The partial file carries the co-moments and the kept latents: the class models come out the same."""
+    args = [*ARGS, "--set", "stats.covariance=full"]
+    assert main(["distill", *args, "--out", str(tmp_path / "ref")]) == 0
+    run = tmp_path / "run"
+    _kill_when(run, lambda r: (r / "stats.partial.safetensors").is_file(), args=args)
+    monkeypatch.setenv("D3HR_QUIET", "0")
+    assert main(["distill", *args, "--out", str(run)]) == 0
+    assert "[invert] resuming at round" in capsys.readouterr().err
+    assert _digests(run) == _digests(tmp_path / "ref")
 
 
 def test_killed_during_generation_resumes_identically(reference, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -118,6 +119,42 @@ class InvertConfig:
     seed: int | None = 0
 
 
+def covariance_form(text: str) -> tuple[str, int | None]:
+    """stats.covariance parsed: 'diag' and 'full' -> (form, None), 'lowrank:R' -> ('lowrank', R) with R >= 1; a
+    one-line error naming the value otherwise (R < D is checked once the latent's D is known)."""
+    if text in ("diag", "full"):
+        return text, None
+    head, _, rank = text.partition(":")
+    if head == "lowrank" and rank.isascii() and rank.isdigit() and int(rank) >= 1:
+        return head, int(rank)
+    raise D3HRError(f"stats.covariance must be diag, full or lowrank:R with an integer R >= 1, got {text!r}")
+
+
+def shrinkage_value(text: str) -> float | None:
+    """stats.shrinkage parsed: 'auto' -> None (the OAS rule), a number in [0, 1] -> that rho; a one-line error
+    naming the value otherwise."""
+    if text == "auto":
+        return None
+    try:
+        rho = float(text)
+    except ValueError:
+        rho = math.nan
+    if not 0.0 <= rho <= 1.0:
+        raise D3HRError(f"stats.shrinkage must be auto or a number in [0, 1], got {text!r}")
+    return rho
+
+
+@dataclass
+class StatsConfig:
+    """The class distributions group sampling draws from (d3hr.distillation.covariance): independent dimensions
+    (diag, the paper's) or with correlations between latent dimensions."""
+
+    covariance: str = "diag"  # diag | full | lowrank:R (R principal directions plus a diagonal; 1 <= R < D)
+    # toward the diagonal, correlations times (1 - rho): auto (Oracle Approximating Shrinkage on the correlation
+    # matrix, Chen et al. 2010) | a fixed rho in [0, 1], e.g. 0.1; ignored by diag
+    shrinkage: str = "auto"
+
+
 @dataclass
 class SelectConfig:
     """What is distilled: a method of the registry (d3hr.distillation.methods; `d3hr methods` lists them)."""
@@ -150,6 +187,7 @@ class Config:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     invert: InvertConfig = field(default_factory=InvertConfig)
+    stats: StatsConfig = field(default_factory=StatsConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -402,6 +440,12 @@ def _invert_checks(v: InvertConfig, ipc: int) -> list[tuple[bool, str]]:
             (v.check_every >= 1, f"invert.check_every must be >= 1, got {v.check_every}")]
 
 
+def _stats_checks(s: StatsConfig) -> list[tuple[bool, str]]:
+    covariance_form(s.covariance)
+    shrinkage_value(s.shrinkage)
+    return []
+
+
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, with a one-line error naming the value."""
     d, s = cfg.diffusion, cfg.select
@@ -417,6 +461,7 @@ def validate(cfg: Config) -> None:
         (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
         *_depth_checks(d),
         *_invert_checks(cfg.invert, s.ipc),
+        *_stats_checks(cfg.stats),
         (d.guidance_scale is None or d.guidance_scale >= 0,
          f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
         (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got {d.encode!r}"),

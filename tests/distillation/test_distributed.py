@@ -47,3 +47,16 @@ def test_torchrun_two_processes_match_one(tmp_path, method):
     assert "from_cache" not in stages["invert"]
     manifest = read_json(tmp_path / "two" / "manifest.json")
     assert manifest["files"]["selection.safetensors"] == one["selection.safetensors"]
+
+
+@pytest.mark.parametrize("covariance", ["full", "lowrank:4"])
+def test_torchrun_two_processes_match_one_with_a_covariance(tmp_path, covariance):
+    """Co-moments and kept latents gathered from both ranks in batch order: the same class models and bytes."""
+    args = [*ARGS, "--set", f"stats.covariance={covariance}"]
+    _run([sys.executable, "-m", "d3hr", "distill", *args, "--out", str(tmp_path / "one")])
+    shutil.rmtree(Path(os.environ["D3HR_CACHE"]) / "stats")
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "d3hr",
+          "distill", *args, "--out", str(tmp_path / "two")])
+    assert _digests(tmp_path / "one") == _digests(tmp_path / "two")
+    stages = read_json(tmp_path / "two" / "stages.json")
+    assert stages["invert"]["processes"] == 2 and stages["invert"]["covariance"] == covariance

@@ -11,6 +11,10 @@ of z score every class at once:  ||sigma * a||^2 = (a^2) @ (sigma^2)  and
 (m x D) @ (D x C) products. Candidates are drawn in fixed blocks from seeds derived from (seed, pool, block), so the
 choice does not depend on the chunk size or on how classes are spread over processes.
 
+With correlated class models (stats.covariance full or lowrank:R, d3hr.distillation.covariance) the class is
+x = mu + L z and the same scoring runs on z itself with mu = 0, sigma = 1 and gamma the class skewness in the
+whitened coordinates L^-1 (x - mu); the select stage colours the chosen z.
+
 On the CPU the cost is the draw plus the three products: each draw block's statistics are computed at once, in
 cache-sized slices, so the candidates stream through memory about once; m2^1.5 is sqrt(m2) * m2 (correctly rounded
 operations), so the statistics have the same bits whatever the slice, block, chunk or process split.

@@ -7,6 +7,9 @@ With diffusion.inversion_steps=auto the walk streams moments at several levels a
 
 Under torchrun, within each round rank r inverts batches r, r + P, r + 2P, ...; rank 0 merges every batch's moments
 in batch order, exactly as one process does, so the statistics are the same bytes.
+
+With stats.covariance full or lowrank:R the same loop also streams co-moments (full) and keeps the inverted latents
+on rank 0, and the class models of d3hr.distillation.covariance are fitted at the end; diag adds nothing.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from d3hr.config import covariance_form
 from d3hr.data import fit_to_model
 from d3hr.diffusion import DDIMGrid, ddim_invert_levels
 from d3hr.distillation.context import Context
+from d3hr.distillation.covariance import JointStream, check_fits, fit
 from d3hr.distillation.depth import choose_level
 from d3hr.distillation.moments import Moments, normality_summary
 from d3hr.distillation.subsample import ALL, Plan, make_plan, per_class_record
@@ -46,18 +51,23 @@ def checkpoint_seconds() -> float:
 
 
 def stage_key(ctx: Context, previous: str | None) -> str:
-    """The generator's key, the data, every diffusion setting the statistics depend on, and the subsampling plan
-    (with the IPC its rule reads)."""
+    """The generator's key, the data, every diffusion setting the statistics depend on, the subsampling plan
+    (with the IPC its rule reads) and, unless diag (whose keys are those of earlier versions), stats.covariance and
+    stats.shrinkage."""
     d, v = ctx.cfg.diffusion, ctx.cfg.invert
     depth = {"levels": d.auto_levels, "rise": d.auto_rise} if d.inversion_steps == "auto" else None
     plan = None
     if v.per_class != ALL:
         plan = {"per_class": v.per_class, "tolerance": v.tolerance, "check_every": v.check_every,
                 "seed": order_seed(ctx), "ipc": ctx.cfg.select.ipc if v.tolerance is not None else None}
-    return sha256_json({"generator": previous, "data": ctx.data_identity(), "num_steps": d.num_steps,
-                        "inversion_steps": d.inversion_steps, "guidance_scale": d.guidance_scale, "encode": d.encode,
-                        "precision": d.precision, "batch_size": d.batch_size, "depth": depth, "subsample": plan,
-                        "seed": ctx.cfg.seed if d.encode == "sample" else None})
+    fields = {"generator": previous, "data": ctx.data_identity(), "num_steps": d.num_steps,
+              "inversion_steps": d.inversion_steps, "guidance_scale": d.guidance_scale, "encode": d.encode,
+              "precision": d.precision, "batch_size": d.batch_size, "depth": depth, "subsample": plan,
+              "seed": ctx.cfg.seed if d.encode == "sample" else None}
+    s = ctx.cfg.stats
+    if s.covariance != "diag":
+        fields["covariance"] = {"form": s.covariance, "shrinkage": s.shrinkage}
+    return sha256_json(fields)
 
 
 def order_seed(ctx: Context) -> int:
@@ -98,7 +108,7 @@ def run(ctx: Context, previous: str | None) -> str:
             _, meta = load_tensors(out)
             ctx.record(NAME, key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
                        normality_zk=meta["normality_zk"], inversion_steps=meta["inversion_steps"],
-                       **{k: meta[k] for k in ("subsample", "depth") if k in meta})
+                       **{k: meta[k] for k in ("subsample", "depth", "covariance", "covariance_fit") if k in meta})
             say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
             say(_normality_table(meta["normality_z0"], meta["normality_zk"], meta["inversion_steps"]))
         ctx.world.barrier()
@@ -117,15 +127,20 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
     num_classes, dim, levs = len(ds.classes), int(np.prod(gen.latent_shape)), levels(ctx)
     plan = make_plan(ds.targets, num_classes, v.per_class, v.tolerance, v.check_every, order_seed(ctx),
                      ctx.cfg.select.ipc)
+    cov = ctx.cfg.stats.covariance
+    check_fits(cov, dim, num_classes, plan.max_images, len(levs))
+    form = covariance_form(cov)[0]
     partial = ctx.root / STATS_PARTIAL
     m0 = Moments.zeros(num_classes, dim)
     mk = {k: Moments.zeros(num_classes, dim) for k in levs}
+    joint = JointStream.start(cov, levs, num_classes, dim) if form != "diag" and ctx.world.is_main else None
     state = {"round": 0, "next_batch": 0, "active": list(range(num_classes))}
     if ctx.world.is_main and partial.is_file():
         tensors, meta = load_tensors(partial)
         if meta.get("key") == key:
             m0 = Moments.from_tensors(tensors, "z0")
             mk = {k: Moments.from_tensors(tensors, f"zk{k}") for k in levs}
+            joint = JointStream.from_tensors(cov, levs, tensors) if joint is not None else None
             state = {k: meta[k] for k in state}
             say(f"[invert] resuming at round {state['round']}, batch {state['next_batch']}")
     state = ctx.world.broadcast(state)
@@ -138,30 +153,40 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
         batches = [idx[i : i + d.batch_size] for i in range(0, len(idx), d.batch_size)]
         for first in range(start, len(batches), ctx.world.size):  # one step: batch first + rank on each rank
             b = first + ctx.world.rank
-            mine = (_invert_batch(ctx, gen, (r, b), batches[b], labels_map, grid, eps_fn, levs)
+            mine = (_invert_batch(ctx, gen, (r, b), batches[b], labels_map, grid, eps_fn, levs, form)
                     if b < len(batches) else None)
             done = [x for x in ctx.world.all_gather(mine) if x is not None]  # in batch order
             for item in done:
                 if isinstance(item, str):
                     raise D3HRError(item)
             if ctx.world.is_main:
-                for z0_part, zk_parts in done:
+                for z0_part, zk_parts, joint_part in done:
                     m0 = m0.merge(Moments.expand(z0_part, num_classes))
                     mk = {k: mk[k].merge(Moments.expand(part, num_classes)) for k, part in zip(levs, zk_parts)}
+                    if joint is not None:
+                        joint.add(joint_part)
             nxt = first + len(done)
             bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
             if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds() and nxt < len(batches):
-                _save_partial(partial, key, m0, mk, {"round": r, "next_batch": nxt, "active": active})
+                _save_partial(partial, key, m0, mk, {"round": r, "next_batch": nxt, "active": active}, joint)
                 last_save = time.time()
         active = ctx.world.broadcast(plan.still_active(r, active, list(mk.values())) if ctx.world.is_main else None)
         r, start = r + 1, 0
         if ctx.world.is_main and active and time.time() - last_save >= checkpoint_seconds():
-            _save_partial(partial, key, m0, mk, {"round": r, "next_batch": 0, "active": active})
+            _save_partial(partial, key, m0, mk, {"round": r, "next_batch": 0, "active": active}, joint)
             last_save = time.time()
     bar.close()
+    error = None
     if ctx.world.is_main:
-        _write_stats(ctx, key, out, cached, m0, mk, plan, time.time() - t0)
-        partial.unlink(missing_ok=True)
+        try:
+            _write_stats(ctx, key, out, cached, m0, mk, plan, time.time() - t0, joint)
+        except D3HRError as exc:  # a class model that cannot be fitted: every rank stops with the same line
+            error = str(exc)
+        else:
+            partial.unlink(missing_ok=True)
+    error = ctx.world.broadcast(error)
+    if error is not None:
+        raise D3HRError(error)
     ctx.world.barrier()
 
 
@@ -170,19 +195,26 @@ def _bar_label(d: Any, plan: Plan) -> str:
     return f"invert (K={d.inversion_steps}/{d.num_steps}{rule})"
 
 
-def _save_partial(path: Path, key: str, m0: Moments, mk: dict[int, Moments], state: dict[str, Any]) -> None:
+def _save_partial(path: Path, key: str, m0: Moments, mk: dict[int, Moments], state: dict[str, Any],
+                  joint: JointStream | None = None) -> None:
     tensors = {**m0.tensors("z0")}
     for k, m in mk.items():
         tensors.update(m.tensors(f"zk{k}"))
+    if joint is not None:
+        tensors.update(joint.tensors())
     save_tensors(path, tensors, {"key": key, **state})
 
 
 def _write_stats(ctx: Context, key: str, out: Path, cached: Path, m0: Moments, mk: dict[int, Moments], plan: Plan,
-                 seconds: float) -> None:
+                 seconds: float, joint: JointStream | None = None) -> None:
     """Write RUN/stats.safetensors and its cache copy from the streamed moments, record the stage."""
-    tensors, meta, extra = stats_payload(ctx, key, m0, mk, plan)
+    tensors, meta, extra = stats_payload(ctx, key, m0, mk, plan, joint)
     if "depth" in extra:
         say(_depth_table(extra["depth"]["levels"], meta["inversion_steps"]))
+    if "covariance_fit" in extra:
+        f = extra["covariance_fit"]
+        say(f"[invert] stats.covariance={f['covariance']}: shrinkage rho {f['rho_min']:.3f}..{f['rho_max']:.3f} "
+            f"(mean {f['rho_mean']:.3f}), {f['storage_mb']:.2f} MB of class models")
     if "subsample" in extra:
         counts = ", ".join(str(c["images"]) for c in extra["subsample"]["classes"])
         say(f"[invert] {extra['subsample']['inverted']} of {len(ctx.train_set)} images inverted (per class: "
@@ -197,11 +229,12 @@ def _write_stats(ctx: Context, key: str, out: Path, cached: Path, m0: Moments, m
     say(_normality_table(meta["normality_z0"], meta["normality_zk"], meta["inversion_steps"]))
 
 
-def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], plan: Plan
-                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
-    """What RUN/stats.safetensors holds for the moments of z0 and of each streamed level: its tensors, its
-    metadata, and the subsampling and depth records (also in stages.json). K is the configured level, or the depth
-    rule's choice under K=auto."""
+def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], plan: Plan,
+                  joint: JointStream | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """What RUN/stats.safetensors holds for the moments of z0 and of each streamed level (and, with ``joint``, the
+    class models of stats.covariance at level K): its tensors, its metadata, and the subsampling, depth and
+    covariance records (also in stages.json). K is the configured level, or the depth rule's choice under
+    K=auto."""
     d, ds = ctx.cfg.diffusion, ctx.train_set
     per_level = {k: normality_summary(m) for k, m in mk.items()}
     extra: dict[str, Any] = {}
@@ -219,6 +252,11 @@ def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], p
                "excess_kurtosis": m.excess_kurtosis().float(), "count": m.n.to(torch.int64),
                "z0.mean": m0.mean.float(), "z0.std": m0.std().float(), "z0.skewness": m0.skewness().float(),
                "z0.excess_kurtosis": m0.excess_kurtosis().float()}
+    if joint is not None:
+        s = ctx.cfg.stats
+        joint_tensors, extra["covariance_fit"] = fit(joint, k, s.covariance, s.shrinkage, ds.classes)
+        extra["covariance"] = s.covariance  # what select reads back from the metadata (absent: diag)
+        tensors.update(joint_tensors)
     meta = {"key": key, "classes": ds.classes, "latent_shape": list(ctx.generator().latent_shape),
             "inversion_steps": k, "num_steps": d.num_steps, "guidance_scale": d.guidance_scale,
             "normality_z0": normality_summary(m0), "normality_zk": per_level[k]}
@@ -226,10 +264,11 @@ def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], p
 
 
 def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.ndarray, labels_map: torch.Tensor,
-                  grid: DDIMGrid, eps_fn: Any, levs: list[int]
-                  ) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]] | str:
+                  grid: DDIMGrid, eps_fn: Any, levs: list[int], form: str = "diag"
+                  ) -> tuple[tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]], Any] | str:
     """Encode and invert batch ``where`` = (round, batch) of training images ``idx``; the per-class moments of z0
-    and of the latents at each of ``levs`` in compact form, or a one-line error."""
+    and of the latents at each of ``levs`` in compact form, and the share of JointStream (None for diag), or a
+    one-line error."""
     d, num_classes = ctx.cfg.diffusion, len(ctx.train_set.classes)
     y = torch.as_tensor(ctx.train_set.targets[idx])
     x = fit_to_model(ctx.train_set.load(idx), ctx.cfg.data.image_size, ctx.cfg.data.fit)
@@ -239,7 +278,8 @@ def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.
     if not (torch.isfinite(z0).all() and all(torch.isfinite(z).all() for z in zk.values())):
         return f"non-finite latents in inversion round {where[0]} batch {where[1]} (images {idx[0]}..{idx[-1]})"
     return (Moments.from_batch(z0.flatten(1), y, num_classes).compact(),
-            [Moments.from_batch(zk[k].flatten(1), y, num_classes).compact() for k in levs])
+            [Moments.from_batch(zk[k].flatten(1), y, num_classes).compact() for k in levs],
+            None if form == "diag" else JointStream.batch(form, y, [zk[k] for k in levs]))
 
 
 def _depth_table(per_level: dict[str, dict[str, float]], chosen: int) -> str:

@@ -176,7 +176,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
         if bytes(sha[i].tolist()).hex() != digest:
             raise D3HRError(f"cannot pack {root}: {rel} differs from its sha256 in the manifest; check the run with "
                             "d3hr verify")
-    form = form_of(sel)
+    form = form_of(sel) if "covariance" not in sel_meta else "latents"  # x = mu + L z: kept as latents
     tensors = {"image_sha256": sha, "image_thumb": thumbs}
     if form == "statistics":
         tensors |= _statistics(root, manifest, sel, sel_meta)

@@ -24,6 +24,7 @@ from d3hr.distillation.baselines import (
     random_subset,
 )
 from d3hr.distillation.context import Context, short_classes
+from d3hr.distillation.covariance import read_root
 from d3hr.distillation.group import DRAWS, select_groups
 from d3hr.distillation.methods import register_method
 from d3hr.errors import D3HRError
@@ -73,7 +74,11 @@ def run(ctx: Context, previous: str | None) -> str:
 
 # ----- group sampling in the inverted domain ---------------------------------------------------------------------
 def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
-    """Group sampling (or one random group) of IPC latents per class from RUN/stats.safetensors."""
+    """Group sampling (or one random group) of IPC latents per class from RUN/stats.safetensors.
+
+    With a covariance model (stats.covariance full or lowrank:R, d3hr.distillation.covariance) the candidates z are
+    scored in the whitened coordinates, against mean 0, std 1 and the class's ``skewness_white``, and the chosen
+    group is x = mu + L z; statistics without one (diag, and those of earlier versions) are scored as before."""
     s = ctx.cfg.select
     tensors, meta = load_tensors(ctx.root / STATS)
     mean, std, skew = tensors["mean"], tensors["std"], tensors["skewness"]
@@ -82,11 +87,14 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
         if not torch.isfinite(t).all():
             c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
             raise D3HRError(f"stats.safetensors: non-finite {name} for class '{meta['classes'][c]}'")
+    root = read_root(tensors, meta)
+    scored = ((mean, std, skew) if root is None  # with a root, z itself is scored (x = 0 + 1 * z), coloured below
+              else (torch.zeros_like(mean), torch.ones_like(std), tensors["skewness_white"]))
     bar = progress(len(mean), f"select ({strategy}, m={s.candidates if strategy == 'group' else 1})", "class")
     num_pools = len(mean) if s.pools is None else min(s.pools, len(mean))
     mine = ctx.world.shard(range(num_pools))  # whole pools per process: the same arithmetic as one process
-    part = select_groups(mean, std, skew, s.ipc, s.candidates, tuple(s.weights), ctx.cfg.seed, s.pools,
-                         s.chunk, strategy, progress=bar.update, pool_ids=mine)
+    part = select_groups(*scored, s.ipc, s.candidates, tuple(s.weights), ctx.cfg.seed, s.pools, s.chunk, strategy,
+                         progress=bar.update, pool_ids=mine)
     bar.close()
     cls = [c for c in range(len(mean)) if c % num_pools in mine]
     parts = ctx.world.all_gather((cls, part.x[cls], part.index[cls], part.loss[cls], part.loss_first[cls]))
@@ -95,15 +103,22 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     sel = part
     for c_idx, x, index, loss, loss_first in parts:
         sel.x[c_idx], sel.index[c_idx], sel.loss[c_idx], sel.loss_first[c_idx] = x, index, loss, loss_first
+    extra: dict[str, Any] = {}
+    if root is not None:
+        sel.x = mean.float()[:, None, :] + root.color(sel.x)  # (C, ipc, D) x = mu + L z
+        extra = {"covariance": meta["covariance"],
+                 "color": "x = mean + L z, L = cov_factor (full) or the low-rank root (d3hr.distillation.covariance)"}
     tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *meta["latent_shape"]), "index": sel.index,
                "pool": sel.pool, "loss": sel.loss, "loss_first": sel.loss_first}
     save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": strategy,
                                 "ipc": s.ipc, "short_classes": short, "seed": ctx.cfg.seed,
-                                "candidates": s.candidates, "weights": s.weights, "pools": s.pools, "draws": DRAWS})
+                                "candidates": s.candidates, "weights": s.weights, "pools": s.pools, "draws": DRAWS,
+                                **extra})
     gain = float((1 - sel.loss / sel.loss_first.clamp_min(1e-12)).mean())
     say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
         f"({100 * gain:.1f}% under a single random group)")
-    return {"mean_loss": float(sel.loss.mean()), "mean_loss_gain_over_first": gain, "short_classes": short}
+    return {"mean_loss": float(sel.loss.mean()), "mean_loss_gain_over_first": gain, "short_classes": short,
+            **({} if root is None else {"covariance": meta["covariance"]})}
 
 
 @register_method("d3hr", needs_generator=True, needs_inversion=True, level="K",

@@ -141,7 +141,8 @@ STAGE = Obj({"key": str}, {"seconds": NUMBER, "peak_rss_mb": NUMBER, "path": str
                            "threads": int, "device": str,
                            "from_cache": str, "normality_z0": NORMALITY, "normality_zk": NORMALITY,
                            "mean_loss": NUMBER, "mean_loss_gain_over_first": NUMBER, "short_classes": MapOf(int),
-                           "details": dict, "inversion_steps": int, "subsample": dict, "depth": dict})
+                           "details": dict, "inversion_steps": int, "subsample": dict, "depth": dict,
+                           "covariance": str, "covariance_fit": dict})
 STAGES = MapOf(STAGE)
 MANIFEST = Obj(
     {"files": MapOf(SHA256, relative_path, "a relative path inside the run folder"),
