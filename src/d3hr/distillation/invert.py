@@ -105,8 +105,9 @@ def run(ctx: Context, previous: str | None) -> str:
         if ctx.world.is_main:
             with atomic_path(out, ".safetensors") as tmp:
                 shutil.copyfile(cached, tmp)
-            _, meta = load_tensors(out)
-            ctx.record(NAME, key, 0.0, from_cache=str(cached), normality_z0=meta["normality_z0"],
+            tensors, meta = load_tensors(out)
+            ctx.record(NAME, key, 0.0, from_cache=str(cached), images=int(tensors["count"].sum()),
+                       normality_z0=meta["normality_z0"],
                        normality_zk=meta["normality_zk"], inversion_steps=meta["inversion_steps"],
                        **{k: meta[k] for k in ("subsample", "depth", "covariance", "covariance_fit") if k in meta})
             say(f"[invert] same generator, data and diffusion settings as an earlier run: copied {cached}")
