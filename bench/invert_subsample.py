@@ -14,6 +14,8 @@ cache entry already exists, the emulated statistics are compared with it instead
     # 2. per setting and seed: errors against full inversion, selection loss, images, then distill + evaluate
     python bench/invert_subsample.py analyse --out /work/scratch/fm-invert --ipc 10 --seeds 0,1,2 \\
         --settings 50,100,300,1000,all,rule0.2,rule0.3 --labels soft,hard --results bench/results/invert-subsample
+    # 3. the K=auto rule on the stored levels: every image, and the default rule's subsample
+    python bench/invert_subsample.py depth --out /work/scratch/fm-invert --ipc 10 --seeds 0,1,2
 
 Inversion time of a setting = its images x the seconds per image measured in step 1 (inversion is linear in the
 images inverted: bench/end_to_end.py); step 1 prints the seconds per image it measured and the thread count.
@@ -132,7 +134,7 @@ def analyse(args: argparse.Namespace) -> None:
     rows: list[dict[str, Any]] = []
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
-    record = results / f"ipc{args.ipc}.json"
+    record = results / f"ipc{args.ipc}{args.tag}.json"
     done = {(r["setting"], r["seed"]): r for r in json.loads(record.read_text())["rows"]} if record.is_file() else {}
     full_t = None
     for setting in ["all", *[s for s in args.settings.split(",") if s != "all"]]:
@@ -186,15 +188,47 @@ def analyse(args: argparse.Namespace) -> None:
                                           "seconds_per_image": sec, "threads_step1": args.threads, "rows": rows},
                                          indent=1))
             print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), flush=True)
-    write_table(record, results / f"ipc{args.ipc}.md")
+    write_table(results, args.ipc)
 
 
-def write_table(record: Path, out: Path) -> None:
-    """Mean ± std over seeds per setting."""
-    data = json.loads(record.read_text())
+def depth(args: argparse.Namespace) -> None:
+    """Step 3: the K=auto rule (d3hr.distillation.depth) on the stored levels, with every image and with the default
+    rule's subsample at ``--ipc`` (seeds ``--seeds``), written to RESULTS/depth.json."""
+    from d3hr.distillation.context import Context
+    from d3hr.distillation.depth import choose_level
+    from d3hr.distillation.moments import normality_summary
+    from d3hr.distillation.subsample import make_plan
+
+    torch.set_num_threads(args.threads)
+    z, _ = _load(args.out)
+    levels = sorted(k for k in z if k > 0)
+    cfg = _config(args.dataset, args.out / "gen-run", args.ipc, 0, args.set)
+    targets = np.asarray(Context(cfg).train_set.targets)
+    out: dict[str, Any] = {"levels": levels, "rise": args.rise, "cases": []}
+    cases = [("all", None)] + [(f"rule{args.tolerance_depth} seed {s}", int(s)) for s in args.seeds.split(",")]
+    for name, seed in cases:
+        plan = make_plan(targets, int(targets.max()) + 1, "all" if seed is None else "auto",
+                         None if seed is None else args.tolerance_depth, 50, seed or 0, args.ipc)
+        _, mk = stream(plan, z, targets, levels, 256)
+        per = {k: normality_summary(m) for k, m in mk.items()}
+        chosen = choose_level(levels, [per[k]["share_normal"] for k in levels], args.rise)
+        out["cases"].append({"case": name, "images": int(mk[levels[0]].n.sum()), "chosen": chosen,
+                             "levels": {str(k): per[k] for k in levels}})
+        print(name, "chosen K =", chosen, {k: round(per[k]["share_normal"], 3) for k in levels}, flush=True)
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    (Path(args.results) / f"depth-ipc{args.ipc}.json").write_text(json.dumps(out, indent=1))
+
+
+def write_table(results: Path, ipc: int) -> None:
+    """RESULTS/ipc<IPC>.md: mean ± std over seeds per setting, from every ipc<IPC>*.json record there (processes
+    that ran other seeds write records of their own with --tag)."""
+    records = sorted(results.glob(f"ipc{ipc}.json")) + sorted(results.glob(f"ipc{ipc}-*.json"))
+    data = json.loads(records[0].read_text())
     by: dict[str, list[dict[str, Any]]] = {}
-    for r in data["rows"]:
-        by.setdefault(r["setting"], []).append(r)
+    for record in records:
+        for r in json.loads(record.read_text())["rows"]:
+            by.setdefault(r["setting"], []).append(r)
+    out = results / f"ipc{ipc}.md"
 
     def ms(vals: list[float], scale: float = 1.0, digits: int = 1) -> str:
         vals = [v * scale for v in vals if v is not None]
@@ -223,7 +257,7 @@ def write_table(record: Path, out: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["invert", "analyse", "table"])
+    p.add_argument("step", choices=["invert", "analyse", "table", "depth"])
     p.add_argument("--out", type=Path, required=True, help="scratch folder: latents, run folders")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--threads", type=int, default=2)
@@ -237,13 +271,18 @@ def main() -> None:
     p.add_argument("--labels", default="soft,hard")
     p.add_argument("--results", default="bench/results/invert-subsample")
     p.add_argument("--set", action="append", default=[], help="a config override for every run (key=value)")
+    p.add_argument("--tag", default="", help="analyse: record to ipc<IPC><TAG>.json (-s1: a process of its own)")
+    p.add_argument("--rise", type=float, default=0.02, help="depth: the K=auto rule's diffusion.auto_rise")
+    p.add_argument("--tolerance-depth", type=float, default=0.2, help="depth: the subsample's rule tolerance")
     args = p.parse_args()
     if args.step == "invert":
         invert_all(args)
     elif args.step == "analyse":
         analyse(args)
+    elif args.step == "depth":
+        depth(args)
     else:
-        write_table(Path(args.results) / f"ipc{args.ipc}.json", Path(args.results) / f"ipc{args.ipc}.md")
+        write_table(Path(args.results), args.ipc)
 
 
 if __name__ == "__main__":

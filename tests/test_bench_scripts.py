@@ -134,6 +134,10 @@ def test_invert_subsample_emulates_the_invert_stage(tmp_path):
     assert check is not None and check["count_equal"], check  # the real run's key was found in the cache
     assert max(check[n] for n in ("mean", "std", "skewness")) < 1e-4, check
     assert (tmp_path / "results" / "ipc2.md").is_file() and env_cache.is_dir()
+    _run(str(BENCH / "invert_subsample.py"), "depth", *common, "--seeds", "1", "--tolerance-depth", "0.4",
+         "--results", str(tmp_path / "results"))
+    cases = json.loads((tmp_path / "results" / "depth-ipc2.json").read_text())["cases"]
+    assert [c["images"] for c in cases][0] == 600 and all(c["chosen"] in (2, 4) for c in cases)
 
 
 @pytest.fixture(scope="module")
