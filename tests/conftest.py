@@ -39,3 +39,13 @@ def tiny_generator():
 
     torch.manual_seed(0)
     return build_small(num_classes=10, channels=1, image_size=8, **TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread on a busy machine, and a round trip needs the same thread count on both
+    sides; a module asks for it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

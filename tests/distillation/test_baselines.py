@@ -33,6 +33,8 @@ IPC = 5
 METHODS = ["random-real", "herding", "kmeans-latent", "base-ddpm", "base-rs"]
 NO_GENERATOR = {"random-real", "herding"}
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ----- pure functions ------------------------------------------------------------------------------------------
 def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets():
@@ -94,15 +96,6 @@ def test_penultimate_features_are_the_input_of_the_last_linear_layer():
 def _distill(run: Path, method: str) -> int:
     sets = [a for s in FAST_TRAIN for a in ("--set", s)]
     return main(["distill", "--dataset", "digits", "--ipc", str(IPC), "--method", method, "--out", str(run), *sets])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is much faster on a busy machine (see tests/evaluation/conftest.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

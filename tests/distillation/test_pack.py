@@ -29,19 +29,12 @@ from tests.conftest import TINY
 IPC = 3
 SETS = ["select.candidates=256", "diffusion.num_steps=10", "diffusion.inversion_steps=6", "data.limit=600"]
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _images(run: Path) -> dict[str, str]:
     return {p.relative_to(run).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted((run / "images").rglob("*.png"))}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster on a busy machine, and the same thread count on both sides of a round trip."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
