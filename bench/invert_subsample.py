@@ -204,19 +204,31 @@ def depth(args: argparse.Namespace) -> None:
     levels = sorted(k for k in z if k > 0)
     cfg = _config(args.dataset, args.out / "gen-run", args.ipc, 0, args.set)
     targets = np.asarray(Context(cfg).train_set.targets)
-    out: dict[str, Any] = {"levels": levels, "rise": args.rise, "cases": []}
+    out: dict[str, Any] = {"levels": levels, "reach": args.reach, "cases": []}
     cases = [("all", None)] + [(f"rule{args.tolerance_depth} seed {s}", int(s)) for s in args.seeds.split(",")]
     for name, seed in cases:
         plan = make_plan(targets, int(targets.max()) + 1, "all" if seed is None else "auto",
                          None if seed is None else args.tolerance_depth, 50, seed or 0, args.ipc)
         _, mk = stream(plan, z, targets, levels, 256)
         per = {k: normality_summary(m) for k, m in mk.items()}
-        chosen = choose_level(levels, [per[k]["share_normal"] for k in levels], args.rise)
+        chosen = choose_level(levels, [per[k]["mean_abs_skewness"] for k in levels], args.reach)
+        by_share = choose_share(levels, [per[k]["share_normal"] for k in levels], 0.02)
         out["cases"].append({"case": name, "images": int(mk[levels[0]].n.sum()), "chosen": chosen,
+                             "chosen_by_share_normal_rise_0.02": by_share,
                              "levels": {str(k): per[k] for k in levels}})
-        print(name, "chosen K =", chosen, {k: round(per[k]["share_normal"], 3) for k in levels}, flush=True)
+        print(name, "chosen K =", chosen, "(by the share of normal dimensions:", by_share, ")",
+              {k: round(per[k]["mean_abs_skewness"], 3) for k in levels}, flush=True)
     Path(args.results).mkdir(parents=True, exist_ok=True)
     (Path(args.results) / f"depth-ipc{args.ipc}.json").write_text(json.dumps(out, indent=1))
+
+
+def choose_share(levels: list[int], share: list[float], rise: float) -> int:
+    """The first version of the K=auto rule, for comparison: the smallest level after which the share of normal
+    dimensions (K^2) rises by at most ``rise`` (it depends on how many images were inverted)."""
+    for i, level in enumerate(levels):
+        if max(share[i:]) - share[i] <= rise:
+            return level
+    return levels[-1]
 
 
 def write_table(results: Path, ipc: int) -> None:
@@ -272,7 +284,7 @@ def main() -> None:
     p.add_argument("--results", default="bench/results/invert-subsample")
     p.add_argument("--set", action="append", default=[], help="a config override for every run (key=value)")
     p.add_argument("--tag", default="", help="analyse: record to ipc<IPC><TAG>.json (-s1: a process of its own)")
-    p.add_argument("--rise", type=float, default=0.02, help="depth: the K=auto rule's diffusion.auto_rise")
+    p.add_argument("--reach", type=float, default=0.9, help="depth: the K=auto rule's diffusion.auto_reach")
     p.add_argument("--tolerance-depth", type=float, default=0.2, help="depth: the subsample's rule tolerance")
     args = p.parse_args()
     if args.step == "invert":

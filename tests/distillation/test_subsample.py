@@ -117,11 +117,14 @@ def test_invert_levels_matches_separate_inversions():
         assert torch.equal(got[k], ddim_invert(eps_fn, z0, labels, grid, k))
 
 
-def test_choose_level_takes_the_start_of_the_plateau():
-    assert choose_level([10, 20, 31, 40], [0.50, 0.80, 0.81, 0.82], 0.02) == 20
-    assert choose_level([10, 20, 31, 40], [0.50, 0.80, 0.79, 0.90], 0.02) == 40  # still rising later
-    assert choose_level([10, 20, 31, 40], [0.90, 0.80, 0.85, 0.91], 0.02) == 10
-    assert choose_level([10, 20], [math.nan, math.nan], 0.02) == 20
+def test_choose_level_takes_the_first_level_with_most_of_the_reduction_in_skewness():
+    # Fashion-MNIST, all 6,000 images per class (bench/results/invert-subsample/depth-ipc10.json): 20
+    assert choose_level([10, 15, 20, 25, 31], [0.359, 0.264, 0.227, 0.218, 0.220], 0.9) == 20
+    assert choose_level([10, 20, 31, 40], [0.40, 0.27, 0.25, 0.249], 0.9) == 31  # 20 has 87% of the reduction
+    assert choose_level([10, 20, 31, 40], [0.40, 0.27, 0.25, 0.249], 0.85) == 20
+    assert choose_level([10, 20, 31], [0.20, 0.25, 0.30], 0.9) == 10  # deeper is never more symmetric
+    assert choose_level([10, 20, 31], [0.30, 0.30, 0.30], 0.9) == 10
+    assert choose_level([10, 20], [math.nan, math.nan], 0.9) == 20
 
 
 SETS = [a for s in FAST_TRAIN for a in ("--set", s)]
@@ -184,9 +187,12 @@ def test_rule_stops_early_and_auto_depth_writes_the_chosen_levels_statistics(tmp
     ("invert.per_class=some", "invert.per_class"),
     ("diffusion.inversion_steps=deep", "diffusion.inversion_steps"),
     ("diffusion.auto_levels=[4,2]", "diffusion.auto_levels"),
+    ("diffusion.auto_reach=0", "diffusion.auto_reach"),  # (with auto_levels [2, 4] below)
 ])
 def test_bad_subsampling_values_are_one_line_errors(tmp_path, capsys, setting, needle):
-    sets = [setting] if "auto_levels" not in setting else [setting, "diffusion.inversion_steps=auto"]
+    sets = [setting]
+    if "auto_" in setting:
+        sets += ["diffusion.inversion_steps=auto"] + (["diffusion.auto_levels=[2,4]"] if "reach" in setting else [])
     assert main(["distill", "--dataset", "digits", "--ipc", "2", *SETS, *(a for s in sets for a in ("--set", s)),
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err

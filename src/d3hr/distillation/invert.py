@@ -55,7 +55,7 @@ def stage_key(ctx: Context, previous: str | None) -> str:
     (with the IPC its rule reads) and, unless diag (whose keys are those of earlier versions), stats.covariance and
     stats.shrinkage."""
     d, v = ctx.cfg.diffusion, ctx.cfg.invert
-    depth = {"levels": d.auto_levels, "rise": d.auto_rise} if d.inversion_steps == "auto" else None
+    depth = {"levels": d.auto_levels, "reach": d.auto_reach} if d.inversion_steps == "auto" else None
     plan = None
     if v.per_class != ALL:
         plan = {"per_class": v.per_class, "tolerance": v.tolerance, "check_every": v.check_every,
@@ -240,8 +240,9 @@ def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], p
     per_level = {k: normality_summary(m) for k, m in mk.items()}
     extra: dict[str, Any] = {}
     if d.inversion_steps == "auto":
-        k = choose_level(list(mk), [per_level[k]["share_normal"] for k in mk], d.auto_rise)
-        extra["depth"] = {"chosen": k, "rise": d.auto_rise, "levels": {str(lv): s for lv, s in per_level.items()}}
+        k = choose_level(list(mk), [per_level[k]["mean_abs_skewness"] for k in mk], d.auto_reach)
+        extra["depth"] = {"chosen": k, "reach": d.auto_reach, "rule": "mean |skewness|",
+                          "levels": {str(lv): s for lv, s in per_level.items()}}
     else:
         k = int(d.inversion_steps)
     m = mk[k]
@@ -284,7 +285,7 @@ def _invert_batch(ctx: Context, gen: Generator, where: tuple[int, int], idx: np.
 
 
 def _depth_table(per_level: dict[str, dict[str, float]], chosen: int) -> str:
-    lines = ["[invert] K=auto: normality per level (share normal, mean |skewness|, mean |excess kurtosis|)"]
+    lines = ["[invert] K=auto: per level share normal (K^2), mean |skewness| (the rule's), mean |excess kurtosis|"]
     lines += [f"  K={k:<3} {s['share_normal']:6.3f} {s['mean_abs_skewness']:7.3f} {s['mean_abs_excess_kurtosis']:7.3f}"
               + ("   <- chosen" if int(k) == chosen else "") for k, s in per_level.items()]
     return "\n".join(lines)

@@ -294,8 +294,8 @@ def _subsample_and_depth(meta: dict[str, Any]) -> list[str]:
         rows = [[f"{lv}{' (chosen)' if str(depth.get('chosen')) == lv else ''}", _pct(s.get("share_normal"), 1),
                  _num(s.get("mean_abs_skewness"), ".3f"), _num(s.get("mean_abs_excess_kurtosis"), ".3f")]
                 for lv, s in depth["levels"].items()]
-        parts.append(_p(f"K chosen from the data (diffusion.inversion_steps = auto): the smallest level after which "
-                        f"the share of normal dimensions rises by at most {depth.get('rise')}."))
+        parts.append(_p(f"K chosen from the data (diffusion.inversion_steps = auto): the first level with "
+                        f"{depth.get('reach')} of the best reduction in mean |skewness| over the shallowest level."))
         parts.append(_table(["level K", "share normal", "mean |skewness|", "mean |excess kurtosis|"], rows, (1, 2, 3)))
     return parts
 
