@@ -92,6 +92,11 @@ def _load(out: Path) -> tuple[dict[int, torch.Tensor], float]:
     return z, sec
 
 
+def _threads(out: Path) -> int:
+    """The thread count step 1 ran with (from its timing record)."""
+    return max(t["threads"] for t in json.loads((out / "timing.json").read_text()).values())
+
+
 def stream(plan: Any, z: dict[int, torch.Tensor], targets: np.ndarray, levels: list[int], batch: int) -> Any:
     """The invert stage's loop over ``plan`` on stored latents: moments of z0 and each level, round by round."""
     from d3hr.distillation.moments import Moments
@@ -185,7 +190,7 @@ def analyse(args: argparse.Namespace) -> None:
             done[(setting, seed)] = row
             rows = list(done.values())
             record.write_text(json.dumps({"ipc": args.ipc, "level": args.level,
-                                          "seconds_per_image": sec, "threads_step1": args.threads, "rows": rows},
+                                          "seconds_per_image": sec, "threads_step1": _threads(args.out), "rows": rows},
                                          indent=1))
             print(json.dumps({k: v for k, v in row.items() if k != "per_class"}), flush=True)
     write_table(results, args.ipc)
