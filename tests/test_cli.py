@@ -57,17 +57,27 @@ def test_rerun_skips_every_stage(digits_run, capsys, monkeypatch):
     assert {p: p.stat().st_mtime_ns for p in digits_run.rglob("*.png")} == mtimes
 
 
-def test_changing_ipc_reuses_generator_and_statistics(digits_run, capsys, monkeypatch):
+def test_changing_ipc_reuses_the_generator_and_redoes_only_what_reads_it(digits_run, tmp_path, capsys, monkeypatch):
+    """The generator is reused; the statistics are redone because the stopping rule of invert.per_class=auto reads
+    the IPC, unless every image is inverted (invert.per_class=all), whose statistics do not depend on it."""
+    import shutil
+
     monkeypatch.setenv("D3HR_QUIET", "0")
-    stats_mtime = (digits_run / "stats.safetensors").stat().st_mtime_ns
-    assert main(["distill", "--ipc", "1", "--out", str(digits_run)]) == 0  # the rest comes from RUN/config.yaml
+    run = tmp_path / "copy"
+    shutil.copytree(digits_run, run)
+    assert main(["distill", "--ipc", "1", "--out", str(run)]) == 0  # the rest comes from RUN/config.yaml
     err = capsys.readouterr().err
-    assert "[invert] unchanged, skipped" in err and "training" not in err
-    assert (digits_run / "stats.safetensors").stat().st_mtime_ns == stats_mtime
-    for f in (digits_run / "images").iterdir():
+    assert "training" not in err and "[generator] using" in err
+    assert json.loads((run / "stages.json").read_text())["invert"]["subsample"]["ipc"] == 1
+    for f in (run / "images").iterdir():
         assert len(list(f.glob("*.png"))) == 1
-    manifest = json.loads((digits_run / "manifest.json").read_text())
-    assert manifest["ipc"] == 1
+    assert json.loads((run / "manifest.json").read_text())["ipc"] == 1
+    assert main(["distill", "--ipc", "10", "--out", str(run), "--set", "invert.per_class=all"]) == 0
+    capsys.readouterr()
+    stats_mtime = (run / "stats.safetensors").stat().st_mtime_ns
+    assert main(["distill", "--ipc", "1", "--out", str(run)]) == 0  # per_class=all now in RUN/config.yaml
+    assert "[invert] unchanged, skipped" in capsys.readouterr().err
+    assert (run / "stats.safetensors").stat().st_mtime_ns == stats_mtime
 
 
 def test_stages_run_alone_and_random_strategy_differs(digits_run, tmp_path):
