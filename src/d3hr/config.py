@@ -93,7 +93,8 @@ class DiffusionConfig:
     # K: grid steps walked up by inversion and back down by sampling; auto: chosen from the data among
     # auto_levels by the skewness rule of d3hr.distillation.depth (one inversion pass to the deepest level)
     inversion_steps: int | str = 31
-    auto_levels: list[int] = field(default_factory=lambda: [10, 15, 20, 25, 31, 40])  # candidates for K=auto
+    # candidates for K=auto; null: AUTO_FRACTIONS of num_steps (10, 15, 20, 25, 31, 40 of the default 50)
+    auto_levels: list[int] | None = None
     auto_reach: float = 0.9  # K=auto: the first level with this share of the best reduction in mean |skewness|
     # Classifier-free guidance, same scale both ways. None: 4.0 (the authors' value for DiT-XL/2) with a pretrained
     # generator, 1.0 with a small one trained here (measured on digits: 4.0 made inverted latents less normal and
@@ -102,6 +103,17 @@ class DiffusionConfig:
     encode: str = "mean"  # mean (posterior mean, deterministic) | sample (seeded posterior sample)
     batch_size: int = 256  # images per inversion batch (fixed work unit for streaming moments)
     precision: str = "fp32"  # fp32 | bf16 (autocast) for the model calls in inversion and sampling
+
+
+AUTO_FRACTIONS = (0.2, 0.3, 0.4, 0.5, 0.62, 0.8)  # of the DDIM grid: the K=auto candidates unless given
+
+
+def auto_levels(d: DiffusionConfig) -> list[int]:
+    """The candidate levels of K=auto: diffusion.auto_levels, else AUTO_FRACTIONS of the grid's num_steps (the
+    paper's K = 31 of 50 is 0.62), rounded, distinct and inside (0, num_steps)."""
+    if d.auto_levels is not None:
+        return list(d.auto_levels)
+    return sorted({k for k in (round(f * d.num_steps) for f in AUTO_FRACTIONS) if 0 < k < d.num_steps})
 
 
 @dataclass
@@ -417,10 +429,10 @@ def _generator_checks(g: GeneratorConfig) -> list[tuple[bool, str]]:
 
 def _depth_checks(d: DiffusionConfig) -> list[tuple[bool, str]]:
     if d.inversion_steps == "auto":
-        return [(len(d.auto_levels) >= 2 and all(0 < k < d.num_steps for k in d.auto_levels)
-                 and list(d.auto_levels) == sorted(set(d.auto_levels)),
+        levels = auto_levels(d)
+        return [(len(levels) >= 2 and all(0 < k < d.num_steps for k in levels) and levels == sorted(set(levels)),
                  f"diffusion.auto_levels must be 2 or more increasing levels in (0, num_steps={d.num_steps}), "
-                 f"got {d.auto_levels}"),
+                 f"got {levels}"),
                 (0 < d.auto_reach <= 1, f"diffusion.auto_reach must be in (0, 1], got {d.auto_reach}")]
     if isinstance(d.inversion_steps, str):
         return [(False, f"diffusion.inversion_steps must be an integer or auto, got {d.inversion_steps!r}")]
@@ -440,15 +452,11 @@ def _invert_checks(v: InvertConfig, ipc: int) -> list[tuple[bool, str]]:
             (v.check_every >= 1, f"invert.check_every must be >= 1, got {v.check_every}")]
 
 
-def _stats_checks(s: StatsConfig) -> list[tuple[bool, str]]:
-    covariance_form(s.covariance)
-    shrinkage_value(s.shrinkage)
-    return []
-
-
 def validate(cfg: Config) -> None:
     """Reject values that cannot run, with a one-line error naming the value."""
     d, s = cfg.diffusion, cfg.select
+    covariance_form(cfg.stats.covariance)  # each raises its own one-line error
+    shrinkage_value(cfg.stats.shrinkage)
     checks = [
         (s.method != "full", "select.method 'full' is the whole training set, not a distilled set: "
                              "d3hr distill does not make it"),
@@ -461,7 +469,6 @@ def validate(cfg: Config) -> None:
         (d.num_steps >= 1, f"diffusion.num_steps must be >= 1, got {d.num_steps}"),
         *_depth_checks(d),
         *_invert_checks(cfg.invert, s.ipc),
-        *_stats_checks(cfg.stats),
         (d.guidance_scale is None or d.guidance_scale >= 0,
          f"diffusion.guidance_scale must be >= 0, got {d.guidance_scale}"),
         (d.encode in ("mean", "sample"), f"diffusion.encode must be mean or sample, got {d.encode!r}"),

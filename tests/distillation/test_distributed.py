@@ -45,6 +45,7 @@ def test_torchrun_two_processes_match_one(tmp_path, method):
     stages = read_json(tmp_path / "two" / "stages.json")
     assert stages["invert"]["processes"] == 2 and stages["generate"]["processes"] == 2
     assert "from_cache" not in stages["invert"]
+    assert stages["invert"]["subsample"]["inverted"] < 600  # the rule stopped classes before data.limit's 600
     manifest = read_json(tmp_path / "two" / "manifest.json")
     assert manifest["files"]["selection.safetensors"] == one["selection.safetensors"]
 

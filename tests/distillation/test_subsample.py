@@ -127,6 +127,14 @@ def test_choose_level_takes_the_first_level_with_most_of_the_reduction_in_skewne
     assert choose_level([10, 20], [math.nan, math.nan], 0.9) == 20
 
 
+def test_default_candidate_levels_follow_the_ddim_grid():
+    from d3hr.config import DiffusionConfig, auto_levels
+
+    assert auto_levels(DiffusionConfig(num_steps=50)) == [10, 15, 20, 25, 31, 40]
+    assert auto_levels(DiffusionConfig(num_steps=10)) == [2, 3, 4, 5, 6, 8]
+    assert auto_levels(DiffusionConfig(num_steps=10, auto_levels=[3, 7])) == [3, 7]
+
+
 SETS = [a for s in FAST_TRAIN for a in ("--set", s)]
 
 
@@ -187,12 +195,10 @@ def test_rule_stops_early_and_auto_depth_writes_the_chosen_levels_statistics(tmp
     ("invert.per_class=some", "invert.per_class"),
     ("diffusion.inversion_steps=deep", "diffusion.inversion_steps"),
     ("diffusion.auto_levels=[4,2]", "diffusion.auto_levels"),
-    ("diffusion.auto_reach=0", "diffusion.auto_reach"),  # (with auto_levels [2, 4] below)
+    ("diffusion.auto_reach=0", "diffusion.auto_reach"),
 ])
 def test_bad_subsampling_values_are_one_line_errors(tmp_path, capsys, setting, needle):
-    sets = [setting]
-    if "auto_" in setting:
-        sets += ["diffusion.inversion_steps=auto"] + (["diffusion.auto_levels=[2,4]"] if "reach" in setting else [])
+    sets = [setting] + (["diffusion.inversion_steps=auto"] if "auto_" in setting else [])
     assert main(["distill", "--dataset", "digits", "--ipc", "2", *SETS, *(a for s in sets for a in ("--set", s)),
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
@@ -202,6 +208,5 @@ def test_bad_subsampling_values_are_one_line_errors(tmp_path, capsys, setting, n
 
 def test_auto_depth_is_refused_for_a_method_that_does_not_invert(tmp_path, capsys):
     assert main(["distill", "--dataset", "digits", "--ipc", "2", "--method", "base-ddpm", *SETS,
-                 "--set", "diffusion.inversion_steps=auto", "--set", "diffusion.auto_levels=[2,4]",
-                 "--out", str(tmp_path / "r")]) == 2
+                 "--set", "diffusion.inversion_steps=auto", "--out", str(tmp_path / "r")]) == 2
     assert "base-ddpm" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from d3hr.config import covariance_form
+from d3hr.config import auto_levels, covariance_form
 from d3hr.data import fit_to_model
 from d3hr.diffusion import DDIMGrid, ddim_invert_levels
 from d3hr.distillation.context import Context
@@ -55,7 +55,7 @@ def stage_key(ctx: Context, previous: str | None) -> str:
     (with the IPC its rule reads) and, unless diag (whose keys are those of earlier versions), stats.covariance and
     stats.shrinkage."""
     d, v = ctx.cfg.diffusion, ctx.cfg.invert
-    depth = {"levels": d.auto_levels, "reach": d.auto_reach} if d.inversion_steps == "auto" else None
+    depth = {"levels": auto_levels(d), "reach": d.auto_reach} if d.inversion_steps == "auto" else None
     plan = None
     if v.per_class != ALL:
         plan = {"per_class": v.per_class, "tolerance": v.tolerance, "check_every": v.check_every,
@@ -78,7 +78,7 @@ def order_seed(ctx: Context) -> int:
 def levels(ctx: Context) -> list[int]:
     """The grid levels whose moments inversion streams: K, or the candidates of K=auto."""
     d = ctx.cfg.diffusion
-    return list(d.auto_levels) if d.inversion_steps == "auto" else [int(d.inversion_steps)]
+    return auto_levels(d) if d.inversion_steps == "auto" else [int(d.inversion_steps)]
 
 
 def run(ctx: Context, previous: str | None) -> str:
@@ -168,14 +168,12 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
                         joint.add(joint_part)
             nxt = first + len(done)
             bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
-            if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds() and nxt < len(batches):
+            if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds():
+                # a round's last batch too: resumed there, the round's end (the rule) runs from these moments
                 _save_partial(partial, key, m0, mk, {"round": r, "next_batch": nxt, "active": active}, joint)
                 last_save = time.time()
         active = ctx.world.broadcast(plan.still_active(r, active, list(mk.values())) if ctx.world.is_main else None)
         r, start = r + 1, 0
-        if ctx.world.is_main and active and time.time() - last_save >= checkpoint_seconds():
-            _save_partial(partial, key, m0, mk, {"round": r, "next_batch": 0, "active": active}, joint)
-            last_save = time.time()
     bar.close()
     error = None
     if ctx.world.is_main:

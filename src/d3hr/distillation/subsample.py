@@ -101,12 +101,17 @@ def make_plan(targets: np.ndarray, num_classes: int, per_class: int | str, toler
     return Plan(orders, check_every, tolerance, ipc)
 
 
+def _kappa_minus_one(m: Moments) -> torch.Tensor:
+    """(C, D): kappa - 1 = n m4 / m2^2 - 1 (the data's kurtosis less one, >= 0), 0 where a dimension is constant."""
+    n = m.n.clamp(min=1.0)[:, None]
+    return (n * m.m4 / m.m2.clamp(min=torch.finfo(torch.float64).tiny) ** 2 - 1.0).clamp(min=0.0)
+
+
 def relative_errors(m: Moments, ipc: int) -> torch.Tensor:
     """(C, 3) float64: r_mu, r_sigma, r_gamma of each class (module docstring); inf for a class with < 4 images."""
     n = m.n.clamp(min=1.0)
     base = (ipc / n).sqrt()  # (C,)
-    kappa = n[:, None] * m.m4 / m.m2.clamp(min=torch.finfo(torch.float64).tiny) ** 2  # (C, D) m4 / m2^2
-    r_sigma = base * ((kappa - 1.0).clamp(min=0.0) / 2.0).mean(dim=1).sqrt()
+    r_sigma = base * (_kappa_minus_one(m) / 2.0).mean(dim=1).sqrt()
     out = torch.stack([base, r_sigma, base], dim=1)
     out[m.n < 4] = math.inf
     return out
@@ -117,9 +122,8 @@ def standard_errors(m: Moments) -> torch.Tensor:
     (module docstring); inf for a class with < 4 images."""
     n = m.n.clamp(min=1.0)
     var = m.m2 / (n[:, None] - 1.0).clamp(min=1.0)  # (C, D) unbiased
-    kappa = n[:, None] * m.m4 / m.m2.clamp(min=torch.finfo(torch.float64).tiny) ** 2
     se_mean = (var / n[:, None]).mean(dim=1).sqrt()
-    se_std = (var * (kappa - 1.0).clamp(min=0.0) / (4.0 * n[:, None])).mean(dim=1).sqrt()
+    se_std = (var * _kappa_minus_one(m) / (4.0 * n[:, None])).mean(dim=1).sqrt()
     se_skew = (6.0 / n).sqrt()
     out = torch.stack([se_mean, se_std, se_skew], dim=1)
     out[m.n < 4] = math.inf

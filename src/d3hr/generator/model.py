@@ -16,7 +16,7 @@ from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
 from d3hr.data.images import match_channels
 from d3hr.diffusion.ddim import make_alphas_cumprod
-from d3hr.errors import D3HRError
+from d3hr.errors import D3HRError, first_line
 from d3hr.utils.io import sha256_file, write_json
 from d3hr.utils.progress import say
 
@@ -131,8 +131,7 @@ def _configs(source: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         vae = AutoencoderKL.load_config(str(source), subfolder="vae")
         dit = DiTTransformer2DModel.load_config(str(source), subfolder="transformer")
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise D3HRError(f"cannot load generator {source}: {first}") from None
+        raise D3HRError(f"cannot load generator {source}: {first_line(exc)}") from None
     return vae, dit
 
 
@@ -160,8 +159,7 @@ def generator_sha256(source: str | Path) -> str:
         try:
             local = Path(snapshot_download(str(source), allow_patterns=[f"{p}/*" for p in WEIGHT_FOLDERS]))
         except Exception as exc:  # the hub client raises many types: offline, unknown repo, no access
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise D3HRError(f"cannot read the weight files of generator {source}: {first}") from None
+            raise D3HRError(f"cannot read the weight files of generator {source}: {first_line(exc)}") from None
     files = sorted(p.relative_to(local).as_posix() for part in WEIGHT_FOLDERS
                    for p in (local / part).rglob("*.safetensors") if p.is_file())
     if not files:
@@ -221,8 +219,7 @@ def load_generator(source: str | Path, device: torch.device | str = "cpu", preci
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae", use_safetensors=True)
         dit = DiTTransformer2DModel.from_pretrained(source, subfolder="transformer", use_safetensors=True)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise D3HRError(f"cannot load generator {source}: {first}") from None
+        raise D3HRError(f"cannot load generator {source}: {first_line(exc)}") from None
     schedule = generator_schedule(source)
     info_file = local / INFO_FILE
     info = json.loads(info_file.read_text()) if info_file.is_file() else {"source": source}
@@ -252,8 +249,7 @@ def generator_schedule(source: str | Path) -> dict[str, Any]:
                   isinstance(exc.__context__, EntryNotFoundError)  # the hub's answer, kept by diffusers' OSError
                   and not isinstance(exc.__context__, LocalEntryNotFoundError))  # offline and not cached: unknown
         if not absent:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise D3HRError(f"cannot read the scheduler config of generator {source}: {first}") from None
+            raise D3HRError(f"cannot read the scheduler config of generator {source}: {first_line(exc)}") from None
         say(f"[generator] {source} has no scheduler config: using DiT's diffusion schedule {SMALL_SCHEDULE}")
         return dict(SMALL_SCHEDULE)
     unfit = {k: conf[k] for k, ok in FOLLOWED.items() if k in conf and conf[k] != ok}
