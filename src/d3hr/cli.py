@@ -11,6 +11,7 @@ Heavy modules (torch, diffusers, the pipeline) are imported inside the commands 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from typing import Any
 from d3hr import __version__
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
+from d3hr.utils.dist import distributed_now, finish
 from d3hr.utils.folders import owns
 
 EXIT_ERROR = 2  # a D3HRError or OSError: bad input, a refused folder, a corrupt file, the file system
@@ -229,11 +231,11 @@ def _verify(args: argparse.Namespace) -> int:
     run = args.run
     problems = verify(run)
     for p in problems:
-        print(f"{run}: {p}")
+        _out(f"{run}: {p}")
     if problems:
         print(f"d3hr: verify: {len(problems)} problem(s) in {run}", file=sys.stderr)
         return 1
-    print(f"d3hr: verify: every file of {run} matches its manifest")
+    _out(f"d3hr: verify: every file of {run} matches its manifest")
     return 0
 
 
@@ -256,8 +258,8 @@ def _compare(args: argparse.Namespace) -> int:
                      recipes=[v.strip() for v in args.recipes.split(",")] if args.recipes else None,
                      ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs,
                      set_metrics=args.metrics)
-    print((Path(args.out) / "results.md").read_text())
-    print(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
+    _out((Path(args.out) / "results.md").read_text())
+    _out(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0
 
 
@@ -266,7 +268,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, overrides_from(args, FINETUNE_FLAGS))
     out = finetune(cfg, args.out, vae_epochs=args.vae_epochs)
-    print(f"d3hr: wrote the fine-tuned generator {out}; use it with: d3hr distill --generator {out} ...")
+    _out(f"d3hr: wrote the fine-tuned generator {out}; use it with: d3hr distill --generator {out} ...")
     return 0
 
 
@@ -275,7 +277,7 @@ def _stage(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     getattr(api, "distill" if args.command == "distill" else STAGES[args.command][0])(cfg)
-    print(_summary(cfg))
+    _out(_summary(cfg))
     return 0
 
 
@@ -283,7 +285,7 @@ def _report(args: argparse.Namespace) -> int:
     from d3hr.report import write_report
 
     path = write_report(args.run)
-    print(f"d3hr: wrote {path}")
+    _out(f"d3hr: wrote {path}")
     return 0
 
 
@@ -292,11 +294,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from d3hr.evaluation import evaluate
 
     out = evaluate(args.run, **load_eval_config(args.config, overrides_from(args, EVAL_FLAGS)).to_dict())
-    print(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
+    _out(f"d3hr: evaluated {args.run}: {out['trained']} trained, {out['skipped']} already done; "
           f"results in {Path(args.run) / 'eval' / 'results.json'}")
     row = out["summary"]
     teacher = f", teacher {row['teacher']}" if row.get("teacher") else ""
-    print(f"  {row['student']}, {row['labels']} labels, recipe {row['recipe']}{teacher}, {row['epochs']} epochs: top-1 "
+    _out(f"  {row['student']}, {row['labels']} labels, recipe {row['recipe']}{teacher}, {row['epochs']} epochs: top-1 "
           f"{100 * row['top1_mean']:.2f} +- {100 * row['top1_std']:.2f}% over {row['n']} seeds")
     return 0
 
@@ -306,8 +308,8 @@ def _metrics(args: argparse.Namespace) -> int:
 
     given = {name: getattr(args, name) for name in ("k", "real_per_class", "real_max", "teacher", "teacher_epochs",
                                                     "inception", "device") if getattr(args, name) is not None}
-    print(format_table(metrics(args.run, **given)))
-    print(f"d3hr: wrote {Path(args.run) / 'eval' / 'metrics.json'}")
+    _out(format_table(metrics(args.run, **given)))
+    _out(f"d3hr: wrote {Path(args.run) / 'eval' / 'metrics.json'}")
     return 0
 
 
@@ -315,7 +317,7 @@ def _pack(args: argparse.Namespace) -> int:
     from d3hr.api import pack
 
     out = pack(args.run, args.out)
-    print(f"d3hr: packed {args.run} ({out['images']} images, {out['png_bytes']:,} bytes of PNG) into {out['pack']} "
+    _out(f"d3hr: packed {args.run} ({out['images']} images, {out['png_bytes']:,} bytes of PNG) into {out['pack']} "
           f"({out['bytes']:,} bytes, {out['form']}); regenerate it with: d3hr unpack {out['pack']} --out RUN")
     return 0
 
@@ -328,14 +330,14 @@ def _unpack(args: argparse.Namespace) -> int:
         out = unpack(args.pack, args.out, args.generator, args.force, args.device, args.root, args.check_choice)
     except ImagesDiffer as exc:
         for row in exc.report["differ"]:
-            print(f"{exc.report['run']}: {row['image']}: differs from the pack (thumbnail up to "
+            _out(f"{exc.report['run']}: {row['image']}: differs from the pack (thumbnail up to "
                   f"{row['thumbnail_max_diff']} gray levels apart)")
         raise
     if out["differ"]:
-        print(f"d3hr: unpacked {args.pack} into {out['run']} with another generator or dataset (--force): "
+        _out(f"d3hr: unpacked {args.pack} into {out['run']} with another generator or dataset (--force): "
               f"{len(out['differ'])} of {out['images']} images differ from the packed ones, as said")
     else:
-        print(f"d3hr: unpacked {args.pack} into {out['run']}: all {out['images']} images byte-identical to the pack")
+        _out(f"d3hr: unpacked {args.pack} into {out['run']}: all {out['images']} images byte-identical to the pack")
     return 0
 
 
@@ -345,7 +347,7 @@ def _methods(args: argparse.Namespace) -> int:
     for name in method_names():
         m = METHODS[name]
         needs = ", ".join(n for n, on in (("generator", m.needs_generator), ("inversion", m.needs_inversion)) if on)
-        print(f"{name:<14} {m.summary} [needs: {needs or 'real images only'}; selection at level {m.level}]")
+        _out(f"{name:<14} {m.summary} [needs: {needs or 'real images only'}; selection at level {m.level}]")
     return 0
 
 
@@ -365,9 +367,26 @@ def error_line(exc: BaseException) -> str:
     return " ".join(text.split())  # one line, whatever the message held
 
 
+def _out(*parts: object) -> None:
+    """A line of a command's output (stdout), printed by rank 0 only when torchrun runs several processes."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (0 done, 1 verify found problems, 2 error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    try:
+        code = _dispatch(args)
+    except Exception:
+        if not distributed_now():
+            raise
+        traceback.print_exc()  # a bug, not bad input: its traceback, then this rank leaves and torchrun stops the rest
+        code = 1
+    return finish(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:

@@ -19,10 +19,11 @@ def _run(cmd, cache):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "D3HR_QUIET": "1", "D3HR_CACHE": str(cache)}  # the teacher's cache
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def _torchrun(run, cache):
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "d3hr",
+    return _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "d3hr",
           "evaluate", str(run), *EVAL], cache)
 
 
@@ -36,7 +37,8 @@ def test_evaluate_under_torchrun_matches_one_process(tmp_path):
     # (measured: identical loss after 1 epoch, 2e-4 relative after 3 and 10 epochs as rounding differences grow).
     shutil.copytree(tmp_path / "one", tmp_path / "two")
     (tmp_path / "two" / "run" / "eval" / "results.json").unlink()
-    _torchrun(tmp_path / "two" / "run", tmp_path / "cache")
+    proc = _torchrun(tmp_path / "two" / "run", tmp_path / "cache")
+    assert proc.stdout.count("d3hr: evaluated") == 1  # the summary comes from rank 0 only
     a, b = (read_json(tmp_path / d / "run" / "eval" / "results.json") for d in ("one", "two"))
     (ra,), (rb,) = a["records"], b["records"]
     assert ra["processes"] == 1 and rb["processes"] == 2

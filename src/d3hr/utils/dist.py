@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import gc
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -144,8 +146,33 @@ def _shutdown() -> None:
     """At exit: wait until every rank is here, then tear the group down (a rank that tears down while another still
     has gloo work in flight aborted the process, 'terminate called without an active exception')."""
     if torch.distributed.is_initialized():
+        gc.collect()  # DDP's reducer sits in reference cycles: free it (and its gloo work) while Python is alive
         try:
             torch.distributed.barrier()
         except RuntimeError:  # another rank is gone already: nothing left to wait for
             pass
         torch.distributed.destroy_process_group()
+
+
+def distributed_now() -> bool:
+    """Whether this process has joined a torch.distributed group."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def finish(code: int) -> int:
+    """End a command run by torchrun: ``code`` unchanged in a world of one. Under torch.distributed, a rank that
+    succeeded waits for the others and tears the group down; then every rank leaves with ``os._exit(code)`` after
+    flushing its streams, skipping interpreter finalization, where gloo's worker threads still holding tensors
+    aborted a rank now and then (SIGABRT, 'terminate called without an active exception'; pytorch/pytorch#179291).
+    A rank that failed leaves at once (no barrier: the others may be inside a collective) and torchrun stops them.
+    """
+    if not distributed_now():
+        return code
+    if code == 0:
+        _shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
