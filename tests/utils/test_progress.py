@@ -3,7 +3,16 @@
 import io
 import sys
 
+import pytest
+
+from d3hr.utils import progress as progress_module
 from d3hr.utils.progress import LOG_STEPS, progress
+
+
+@pytest.fixture
+def every_tenth(monkeypatch):
+    """Lines at every tenth however fast the loop runs."""
+    monkeypatch.setattr(progress_module, "LOG_MIN_SECONDS", 0.0)
 
 
 def _loop(total, **kwargs):
@@ -15,7 +24,7 @@ def _loop(total, **kwargs):
     return bar
 
 
-def test_a_log_gets_a_line_per_tenth_with_counts_and_time(monkeypatch, capsys):
+def test_a_log_gets_a_line_per_tenth_with_counts_and_time(monkeypatch, capsys, every_tenth):
     monkeypatch.delenv("D3HR_QUIET", raising=False)
     _loop(1000)
     lines = capsys.readouterr().err.splitlines()
@@ -25,7 +34,7 @@ def test_a_log_gets_a_line_per_tenth_with_counts_and_time(monkeypatch, capsys):
     assert lines[-1].startswith("train DiT: 1000/1000 step (100%), ") and lines[-1].endswith(" s, loss=0.0010")
 
 
-def test_a_resumed_or_uneven_loop_stays_bounded(monkeypatch, capsys):
+def test_a_resumed_or_uneven_loop_stays_bounded(monkeypatch, capsys, every_tenth):
     monkeypatch.delenv("D3HR_QUIET", raising=False)
     bar = progress(7, "invert", "img", quiet=False)
     bar.update(3)  # resumed: three done before
@@ -41,6 +50,15 @@ def test_a_resumed_or_uneven_loop_stays_bounded(monkeypatch, capsys):
     assert len([ln for ln in lines if ln.startswith("invert")]) == 1 + 5  # 3, 4, 5, 6 and 7 of 7 each pass a tenth
     assert [ln for ln in lines if ln.startswith("encode")][0] == "encode: started"
     assert [ln.split(",")[0] for ln in lines if ln.startswith("encode")][1:] == ["encode: 500 img"]
+
+
+def test_a_fast_loop_leaves_its_first_and_last_lines(monkeypatch, capsys):
+    monkeypatch.delenv("D3HR_QUIET", raising=False)
+    monkeypatch.setattr(progress_module, "LOG_MIN_SECONDS", 3600.0)
+    _loop(1000)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "train DiT: started 1000 step" and lines[1].startswith("train DiT: 1000/1000 step (100%)")
+    assert len(lines) == 2
 
 
 def test_quiet_writes_nothing(monkeypatch, capsys):

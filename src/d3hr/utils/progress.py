@@ -2,7 +2,8 @@
 
 A bar redraws itself in place on a terminal, but written to a file it leaves one line per update (a `make demo` log
 grew to 578 KB that way). When stderr is not a terminal, ``progress`` writes one line when the loop starts, one each
-time it passes another tenth of its total, and one at the end, each with the count and the elapsed time.
+time it passes another tenth of its total (at most one every LOG_MIN_SECONDS: a loop of a few seconds leaves its
+first and last lines only), and one at the end, each with the count and the elapsed time.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from typing import Any, Protocol, TextIO
 
 LOG_STEPS = 10  # lines per loop in a log, besides its first line
+LOG_MIN_SECONDS = 2.0  # the least time between two lines of one loop (the last line excepted)
 
 
 class Progress(Protocol):
@@ -45,7 +47,8 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", quiet: 
 
 
 class LogProgress:
-    """Progress as a few lines for a log: at the start, at each further tenth of ``total`` and at ``close``.
+    """Progress as a few lines for a log: at the start, at each further tenth of ``total`` (when LOG_MIN_SECONDS
+    have passed since the last line) and at ``close``.
 
     A line reads ``desc: 300/1000 img (30%), 12.5 s[, key=value ...]`` (the values of the last ``set_postfix``).
     Without a known total there is a line at the start and one at the end. ``stream=None`` writes nothing.
@@ -57,6 +60,7 @@ class LogProgress:
         self.postfix: dict[str, Any] = {}
         self.start = time.monotonic()
         self.next_step = 1  # the next tenth of total that writes a line
+        self.line_at = self.start  # when the last line was written
         self.written_at: int | None = None  # the count of the last line written
         size = "" if total is None else f" {total} {unit}"
         self._write(f"{desc}: started{size}")
@@ -69,7 +73,8 @@ class LogProgress:
         step = self.n * LOG_STEPS // self.total
         if step >= self.next_step:
             self.next_step = step + 1
-            self._line()
+            if time.monotonic() - self.line_at >= LOG_MIN_SECONDS:
+                self._line()
 
     def set_postfix(self, **values: Any) -> None:
         """Values shown at the end of the following lines, e.g. a running loss."""
@@ -81,7 +86,7 @@ class LogProgress:
             self._line()
 
     def _line(self) -> None:
-        self.written_at = self.n
+        self.written_at, self.line_at = self.n, time.monotonic()
         count = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
         extra = "".join(f", {k}={v}" for k, v in self.postfix.items())
