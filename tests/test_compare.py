@@ -166,3 +166,49 @@ def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compar
     calls.clear()
     again = compare(*args, epochs=2)  # a later compare into the same OUT keeps the earlier set-quality cells
     assert calls == [] and again["set_metrics"] == result["set_metrics"] and row in (out / "results.md").read_text()
+
+
+def test_a_grid_in_parts_runs_only_the_seeds_named_and_keeps_the_earlier_rows(tmp_path, monkeypatch):
+    """compare(seeds=[...]) runs those seeds only; a later part into the same OUT (its results.json carried to another
+    machine, the run folders not) adds its rows to the earlier ones, and the statistics cover all of them."""
+    from d3hr import api
+    from d3hr.compare import compare
+    from d3hr.config import load_config
+
+    ran = []
+
+    def evaluate(run, seeds, recipe, **kwargs):
+        ran.append(Path(run).name)
+        rec = {"labels": "hard", "recipe": recipe, "setup": {}, "epochs": 2, "top1": 0.5 + 0.01 * seeds[0],
+               "teacher_sha256": None}
+        return {"records": [rec], "teacher": None}
+
+    monkeypatch.setattr(api, "distill", lambda cfg: {})
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.runner"), "evaluate", evaluate)
+    out = tmp_path / "grid"
+    compare(load_config(None, []), ["d3hr", "base-rs"], [10], 2, out, labels=["hard"], epochs=2)
+    assert sorted(ran) == sorted(f"{m}-ipc10-seed{s}" for m in ("d3hr", "base-rs") for s in (0, 1))
+    ran.clear()
+    result = compare(load_config(None, []), ["d3hr", "base-rs"], [10], [2, 4], out, labels=["hard"], epochs=2)
+    assert sorted(ran) == sorted(f"{m}-ipc10-seed{s}" for m in ("d3hr", "base-rs") for s in (2, 4))
+    assert result["seeds"] == [0, 1, 2, 4]
+    (row,) = [r for r in result["summary"] if r["method"] == "d3hr"]
+    assert row["n"] == 4 and row["mean"] == pytest.approx(100 * (0.5 + 0.01 * 7 / 4))
+    (pair,) = result["paired"]
+    assert pair["seeds"] == [0, 1, 2, 4]
+
+
+@pytest.mark.parametrize("text, seeds", [("5", 5), ("3,4", [3, 4]), ("5-7", [5, 6, 7]), ("0,2-3", [0, 2, 3])])
+def test_seeds_flag_reads_a_count_a_list_or_a_range(text, seeds):
+    from d3hr.cli import _seeds
+
+    assert _seeds(text, "--seeds") == seeds
+
+
+@pytest.mark.parametrize("text, message", [("x", "--seeds must be a count"), ("0", "--seeds must be an integer >= 1"),
+                                           ("3,3", "--seeds names a seed twice"), ("4-2", "--seeds must list seeds")])
+def test_bad_seeds_are_one_line_errors(tmp_path, capsys, text, message):
+    assert main(["compare", "--dataset", "digits", "--methods", "random-real", "--ipc", "1", "--seeds", text,
+                 "--out", str(tmp_path / "grid")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()

@@ -126,13 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--methods", default="d3hr,base-rs,base-ddpm,random-real,herding,kmeans-latent")
     p.add_argument("--ipc", default="1,10,50", help="comma-separated IPC values")
-    p.add_argument("--seeds", type=int, default=5, help="distillation seeds, each scored by its own student seed")
+    p.add_argument("--seeds", default="5", help="N (seeds 0..N-1) or a list such as 3,4 or 5-9: distillation seeds, "
+                   "each scored by its own student seed; cells of earlier compares into --out are kept")
     p.add_argument("--labels", default="soft", help="soft, hard or soft,hard (recipes rded and dc)")
     p.add_argument("--recipes", help="training recipes by name instead of --labels, e.g. rded,dc")
     p.add_argument("--student", default="convnet")
     p.add_argument("--epochs", type=int, help="override every recipe's epochs (the same at every IPC)")
     p.add_argument("--ars", action="store_true", help="also train every cell without augmentation (DD-Ranking ARS)")
-    p.add_argument("--full-seeds", type=int, help="seeds of method 'full' (default: --seeds)")
+    p.add_argument("--full-seeds", help="seeds of method 'full', as --seeds (default: --seeds)")
     p.add_argument("--full-epochs", type=int, help="epochs of method 'full' (default: recipe dc-full's)")
     p.add_argument("--sweep", help="one config key and values, e.g. diffusion.inversion_steps=10,20,31,40")
     p.add_argument("--teacher-epochs", type=int, help="epochs of the soft-label teacher (default: recipe teacher's)")
@@ -247,17 +248,33 @@ def _int_list(text: str, flag: str) -> list[int]:
         raise D3HRError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
+def _seeds(text: str, flag: str) -> int | list[int]:
+    """'5' -> 5 (seeds 0..4); '3,4' -> [3, 4]; '5-9' -> [5, 6, 7, 8, 9]; else a one-line error naming ``flag``."""
+    text = text.strip()
+    try:
+        if "," not in text and "-" not in text:
+            return int(text)
+        seeds: list[int] = []
+        for part in (v.strip() for v in text.split(",") if v.strip()):
+            lo, sep, hi = part.partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        return seeds
+    except ValueError:
+        raise D3HRError(f"{flag} must be a count, a list such as 3,4 or a range such as 5-9, got {text!r}") from None
+
+
 def _compare(args: argparse.Namespace) -> int:
     from d3hr.compare import compare, parse_sweep
 
     base = load_config(args.config, overrides_from(args, COMPARE_FLAGS))
     sweep = parse_sweep(args.sweep) if args.sweep else None
+    labels = [v.strip() for v in args.labels.split(",") if v.strip()]
     result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], _int_list(args.ipc, "--ipc"),
-                     args.seeds, args.out, labels=[v.strip() for v in args.labels.split(",") if v.strip()],
+                     _seeds(args.seeds, "--seeds"), args.out, labels=labels,
                      student=args.student, epochs=args.epochs, sweep=sweep, teacher_epochs=args.teacher_epochs,
                      recipes=[v.strip() for v in args.recipes.split(",")] if args.recipes else None,
-                     ars_runs=args.ars, full_seeds=args.full_seeds, full_epochs=args.full_epochs,
-                     set_metrics=args.metrics)
+                     ars_runs=args.ars, full_epochs=args.full_epochs, set_metrics=args.metrics,
+                     full_seeds=_seeds(args.full_seeds, "--full-seeds") if args.full_seeds else None)
     _out((Path(args.out) / "results.md").read_text())
     _out(f"d3hr: wrote {Path(args.out) / 'results.md'}, results.json and accuracy.png ({len(result['cells'])} cells)")
     return 0

@@ -52,14 +52,24 @@ class Cell:
         return f"{self.method}-ipc{self.ipc}-seed{self.seed}{tail}"  # siblings: they share the teacher cache
 
 
-def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int, out: str | Path,
+def seed_list(seeds: int | Sequence[int]) -> list[int]:
+    """Seeds 0..N-1 for an int N, else the seeds given (a grid in parts: seeds 3 and 4 after 0..2 elsewhere)."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        return list(range(seeds))
+    return list(seeds)
+
+
+def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: int | Sequence[int], out: str | Path,
             labels: Sequence[str] = ("soft",), student: str = "convnet", epochs: int | None = None,
             sweep: tuple[str, Sequence[Any]] | None = None, teacher_epochs: int | None = None,
-            recipes: Sequence[str] | None = None, ars_runs: bool = False, full_seeds: int | None = None,
-            full_epochs: int | None = None, set_metrics: bool = False) -> dict[str, Any]:
+            recipes: Sequence[str] | None = None, ars_runs: bool = False,
+            full_seeds: int | Sequence[int] | None = None, full_epochs: int | None = None,
+            set_metrics: bool = False) -> dict[str, Any]:
     """Distill and evaluate every cell; write OUT/results.json, OUT/results.md and OUT/accuracy.png.
 
-    Distillation seed s is scored by student seed s, so the spread over seeds covers both the distillation (candidate
+    ``seeds``: N for seeds 0..N-1, or a list of seeds; with the rows of earlier compares into the same OUT (its
+    results.json) kept, a grid can be run in parts, on different machines. Distillation seed s is scored by student
+    seed s, so the spread over seeds covers both the distillation (candidate
     draws, generation) and the student's training. ``recipes``: training recipes by name (default: 'rded' for soft
     and 'dc' for hard ``labels``); ``epochs`` overrides every recipe's epochs, the same at every IPC. ``ars_runs``
     also trains each cell without augmentation (DD-Ranking's ARS). Method 'full' trains the student on the whole
@@ -73,11 +83,14 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
 
     out = Path(out)
     check_grid(methods, ipcs, seeds, labels, student, epochs, sweep, teacher_epochs)
+    if full_seeds is not None:
+        check_seeds(full_seeds, "--full-seeds")
+    seeds = seed_list(seeds)
     check_device(base.device)
     names = list(recipes) if recipes else [DEFAULT_RECIPE[mode] for mode in labels]
     units = [(get_recipe(n, epochs=epochs), aug) for n in names for aug in ((True, False) if ars_runs else (True,))]
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
-    cells = [Cell(m, i, s, w) for w in sweeps for m in methods if m != FULL for i in ipcs for s in range(seeds)]
+    cells = [Cell(m, i, s, w) for w in sweeps for m in methods if m != FULL for i in ipcs for s in seeds]
     configs = [_cell_config(base, cell, out) for cell in cells]  # every cell's config is valid before any work
     claim(out, "compare")
     rows, quality = [], []
@@ -94,7 +107,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             quality.append(_quality_row(cell, metrics(cfg.out, teacher_epochs=teacher_epochs, device=cfg.device),
                                         cfg.out))
     if FULL in methods:
-        for s in range(seeds if full_seeds is None else full_seeds):
+        for s in (seeds if full_seeds is None else seed_list(full_seeds)):
             say(f"[compare] full training set, seed {s}")
             cfg = load_config(None, [nest("out", str(out / "runs" / f"{FULL}-seed{s}"))], base=copy.deepcopy(base))
             if not (Path(cfg.out) / "config.yaml").is_file():
@@ -105,7 +118,8 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             rows.append(_row(FULL, None, s, None, student, res, cfg.out))
     rows = merge_rows(_earlier_rows(out, base.data.name, student), rows)
     table = summarise(rows)
-    result = {"dataset": base.data.name, "student": student, "seeds": seeds, "teacher_epochs": teacher_epochs,
+    result = {"dataset": base.data.name, "student": student, "seeds": sorted({r["seed"] for r in rows}),
+              "teacher_epochs": teacher_epochs,
               "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": rows, "summary": table,
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
     quality = merge_quality(_earlier_quality(out, base.data.name), quality)
@@ -120,8 +134,23 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     return result
 
 
-def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: Sequence[str], student: str,
-               epochs: int | None, sweep: tuple[str, Sequence[Any]] | None = None,
+def check_seeds(seeds: int | Sequence[int], flag: str) -> None:
+    """A count >= 1, or a non-empty list of distinct seeds >= 0; else one line naming ``flag``."""
+    if isinstance(seeds, bool) or not isinstance(seeds, (int, list, tuple)):
+        raise D3HRError(f"{flag} must be a count or a list of seeds, got {seeds!r}")
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise D3HRError(f"{flag} must be an integer >= 1, got {seeds!r}")
+        return
+    ok = (len(seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds))
+    if not ok:
+        raise D3HRError(f"{flag} must list seeds >= 0, got {list(seeds)}")
+    if len(set(seeds)) != len(seeds):
+        raise D3HRError(f"{flag} names a seed twice: {list(seeds)}")
+
+
+def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int | Sequence[int], labels: Sequence[str],
+               student: str, epochs: int | None, sweep: tuple[str, Sequence[Any]] | None = None,
                teacher_epochs: int | None = None) -> None:
     """Refuse a grid that cannot run to the end, with one line naming the value, before the first cell starts."""
     from d3hr.evaluation.runner import LABELS
@@ -140,7 +169,6 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
         (len(set(methods)) == len(methods), f"--methods names a method twice: {', '.join(methods)}"),
         (len(ipcs) >= 1 and all(positive(i) for i in ipcs), f"--ipc must be integers >= 1, got {list(ipcs)}"),
         (len(set(ipcs)) == len(ipcs), f"--ipc names a value twice: {list(ipcs)}"),
-        (positive(seeds), f"--seeds must be an integer >= 1, got {seeds!r}"),
         (len(labels) >= 1 and all(lab in LABELS for lab in labels), f"--labels must be soft, hard or soft,hard, got "
                                                                    f"{','.join(labels)!r}"),
         (len(set(labels)) == len(labels), f"--labels names a mode twice: {','.join(labels)}"),
@@ -154,6 +182,7 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int, labels: 
     for ok, msg in checks:
         if not ok:
             raise D3HRError(msg)
+    check_seeds(seeds, "--seeds")
     check_student(student)
 
 
