@@ -178,3 +178,23 @@ def test_unpack_costs_what_generate_costs(tiny_d3hr_run):
     ratio = float(lines["unpack / generate"].split()[-1].rstrip("x"))
     assert g > 0 and u > 0 and ratio == pytest.approx(u / g, rel=0.02)
     assert "10/10 classes choose the packed candidate with float16 skewness" in out
+
+
+def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_table(tmp_path, monkeypatch):
+    """Two tiny parts on digits: tables and parts.json copied to --results; a rerun does nothing; a fresh OUT (another
+    machine) gets the committed rows back and redoes nothing either."""
+    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("D3HR_QUIET", "1")
+    script, results = str(BENCH / "campaign.py"), tmp_path / "results"
+    run = [script, "run", "--plan", "smoke", "--results", str(results)]
+    out = _run(*run, "--out", str(tmp_path / "grid"))
+    assert out.count("[campaign] smoke-") == 2
+    table = json.loads((results / "results.json").read_text())
+    assert {(r["method"], r["seed"]) for r in table["cells"]} == {("random-real", 0), ("base-rs", 0),
+                                                                 ("random-real", 1)}
+    parts = json.loads((results / "parts.json").read_text())
+    assert set(parts) == {"smoke-a", "smoke-b"} and all(p["seconds"] > 0 for p in parts.values())
+    assert "--seeds 1-1" in parts["smoke-b"]["command"] and (results / "results.md").is_file()
+    assert _run(*run, "--out", str(tmp_path / "grid")).count("[campaign]") == 0
+    assert _run(*run, "--out", str(tmp_path / "elsewhere")).count("[campaign]") == 0
+    assert "done" in _run(script, "list", "--plan", "smoke", "--results", str(results)).split("\n")[0]

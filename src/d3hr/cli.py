@@ -126,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--methods", default="d3hr,base-rs,base-ddpm,random-real,herding,kmeans-latent")
     p.add_argument("--ipc", default="1,10,50", help="comma-separated IPC values")
-    p.add_argument("--seeds", default="5", help="N (seeds 0..N-1) or a list such as 3,4 or 5-9: distillation seeds, "
+    p.add_argument("--seeds", default="5", help="N (seeds 0..N-1), a list such as 3,4 or a range such as 5-9 (one "
+                   "seed: 4-4): distillation seeds, "
                    "each scored by its own student seed; cells of earlier compares into --out are kept")
     p.add_argument("--labels", default="soft", help="soft, hard or soft,hard (recipes rded and dc)")
     p.add_argument("--recipes", help="training recipes by name instead of --labels, e.g. rded,dc")

@@ -1,0 +1,190 @@
+"""The Fashion-MNIST measurement campaign, in parts small enough for a session, resumable on any machine.
+
+The grid the evaluation issue asks for (IPC 1 / 10 / 50; D3HR, Base-RS, Base-DDPM, random real, herding, k-means,
+full; soft and hard labels; 5 seeds; cross-architecture at IPC 10) costs many CPU hours here. Each part is one
+``d3hr compare`` into one OUT folder (``--seeds`` naming the part's seeds), so its cells are ordinary run folders
+that resume, and its rows join those of earlier parts in OUT/results.json. After each part, OUT/results.json,
+results.md and accuracy.png are copied to ``--results`` (committed), with ``parts.json``: per part its command, wall
+seconds, threads and when it ran. On a machine where OUT does not exist, ``run`` first copies the committed
+results.json back into OUT, so a fresh machine redoes only what is missing (the caches of generator, statistics and
+teacher are rebuilt by the first part that needs them).
+
+    python bench/campaign.py list                                  # parts, done or not, and CPU hours so far
+    python bench/campaign.py run --out /work/grid --until 17:10    # parts in order while the clock allows
+    python bench/campaign.py run --out /work/grid --only ipc10     # parts whose name starts with this
+
+A part starts only when its estimate (minutes per cell below, measured on this 2-core machine at 2 threads) fits
+before ``--until``; one that is stopped resumes from its cells' checkpoints next time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fashion-mnist-grid"
+METHODS = ("d3hr", "base-rs", "base-ddpm", "random-real", "herding", "kmeans-latent")
+# Minutes per cell and recipe at 2 threads (ConvNet-3, 32 px): dc 1,000 epochs measured 0.4 / 3.5 / 17 at IPC
+# 1 / 10 / 50 (bench/results/fashion-mnist-dc); rded 300 epochs with the teacher's forward pass, estimated.
+MINUTES = {("dc", 1): 0.5, ("dc", 10): 3.5, ("dc", 50): 17.0, ("rded", 1): 0.5, ("rded", 10): 2.5,
+           ("rded", 50): 10.0}
+FULL_MINUTES = 70.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images)
+# Not in the estimates: the caches the first part that needs them builds (the teacher ~70 min, the generator ~45 min).
+
+
+@dataclass(frozen=True)
+class Part:
+    """One ``d3hr compare`` of the campaign."""
+
+    name: str
+    methods: tuple[str, ...]
+    ipc: int
+    seeds: tuple[int, ...]
+    recipes: tuple[str, ...] = ("dc", "rded")
+    student: str = "convnet"
+    extra: tuple[str, ...] = field(default=())
+    dataset: str = "fashion-mnist"
+
+    def folder(self, base: Path) -> Path:
+        """Where this part's table lives under ``base``: compare keeps one student per OUT."""
+        return base if self.student == "convnet" else base / f"student-{self.student}"
+
+    def command(self, out: Path) -> list[str]:
+        seeds = ",".join(f"{s}-{s}" for s in self.seeds)  # a list: a lone number would be a count
+        cmd = [sys.executable, "-m", "d3hr", "compare", "--dataset", self.dataset, "--out", str(self.folder(out)),
+               "--methods", ",".join(self.methods), "--ipc", str(self.ipc), "--seeds", seeds,
+               "--recipes", ",".join(self.recipes), "--student", self.student, *self.extra]
+        if "full" in self.methods:
+            cmd += ["--full-seeds", seeds]
+        return cmd
+
+    def minutes(self) -> float:
+        cells = [m for m in self.methods if m != "full"]
+        est = sum(MINUTES.get((r, self.ipc), 1.0) for r in self.recipes) * len(cells) * len(self.seeds)
+        if "full" in self.methods:
+            est += FULL_MINUTES * len(self.seeds)
+        if self.student != "convnet":
+            est *= 4.0  # deeper students: a rough factor until measured
+        return est
+
+
+def plan(name: str = "fashion-mnist") -> list[Part]:
+    """The campaign in priority order, one seed a part: the recipe's random-real baseline at IPC 50, IPC 10 (every
+    method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 50 method by
+    method, and the cross-architecture table at IPC 10. ``smoke``: two tiny parts on digits (the test's)."""
+    if name == "smoke":
+        fast = ("--epochs", "2", "--set", "data.limit=200", "--set", "generator.vae.steps=4", "--set",
+                "generator.dit.steps=4", "--set", "select.candidates=64", "--set", "diffusion.num_steps=10",
+                "--set", "diffusion.inversion_steps=6")
+        return [Part("smoke-a", ("random-real", "base-rs"), 1, (0,), ("dc",), extra=fast, dataset="digits"),
+                Part("smoke-b", ("random-real",), 1, (1,), ("dc",), extra=fast, dataset="digits")]
+    parts = [Part(f"ipc50-random-real-seed{s}", ("random-real",), 50, (s,), ("dc",)) for s in range(5)]
+    parts += [Part(f"ipc10-seed{s}", METHODS, 10, (s,)) for s in range(5)]
+    parts += [Part(f"full-seed{s}", ("full",), 10, (s,), ("dc",)) for s in range(3)]
+    parts += [Part(f"ipc1-seed{s}", METHODS, 1, (s,)) for s in range(5)]
+    for s in range(5):  # random real's hard-label cells at IPC 50 come first (above)
+        for m in METHODS:
+            soft = m == "random-real"
+            parts.append(Part(f"ipc50-{m}{'-soft' if soft else ''}-seed{s}", (m,), 50, (s,),
+                              ("rded",) if soft else ("dc", "rded")))
+    parts += [Part(f"arch-{st}-seed{s}", ("d3hr", "base-rs", "random-real"), 10, (s,), ("dc",), st)
+              for s in range(3) for st in ("convnet_d4", "resnet18", "vgg11")]
+    return parts
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _done(part: Part, rows: list[dict]) -> bool:
+    """Every (method, seed, recipe) of the part has a row in results.json."""
+    have = {(r["method"], r["seed"], r["recipe"], r["student"]) for r in rows
+            if r["ipc"] == part.ipc or r["method"] == "full"}
+    want = {(m, s, "dc-full" if m == "full" else r, part.student) for m in part.methods for s in part.seeds
+            for r in (("dc",) if m == "full" else part.recipes)}
+    return want <= have
+
+
+def _rows(part: Part, base: Path) -> list[dict]:
+    return _load(part.folder(base) / "results.json").get("cells", [])
+
+
+def list_parts(results: Path, name: str) -> None:
+    record = _load(results / "parts.json")
+    hours = sum(p["seconds"] * p["threads"] for p in record.values()) / 3600
+    for part in plan(name):
+        state = "done" if _done(part, _rows(part, results)) else "todo"
+        took = record.get(part.name, {}).get("seconds")
+        shown = f"{took / 60:.0f} min" if took else f"~{part.minutes():.0f} min (estimate)"
+        print(f"{part.name:<28} {state:<5} {shown}")
+    print(f"{hours:.2f} CPU hours recorded (wall seconds x threads)")
+
+
+def run_parts(args: argparse.Namespace) -> None:
+    out, results = Path(args.out), Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    until = _deadline(args.until)
+    threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "D3HR_QUIET": os.environ.get("D3HR_QUIET", "0")}
+    for part in plan(args.plan):
+        if args.only and not part.name.startswith(args.only):
+            continue
+        where, kept = part.folder(out), part.folder(results)
+        if not (where / "results.json").exists() and (kept / "results.json").is_file():
+            where.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(kept / "results.json", where / "results.json")  # the rows of earlier parts, anywhere
+        if _done(part, _rows(part, out)):
+            continue
+        if until is not None and time.time() + 60 * part.minutes() > until:
+            print(f"[campaign] {part.name}: ~{part.minutes():.0f} min does not fit before --until; stopping")
+            break
+        print(f"[campaign] {part.name}: {' '.join(part.command(out)[3:])}", flush=True)
+        start = time.monotonic()
+        proc = subprocess.run(part.command(out), env=env)
+        if proc.returncode != 0:
+            sys.exit(f"[campaign] {part.name} failed (exit {proc.returncode}); rerun to resume it")
+        record = _load(results / "parts.json")
+        record[part.name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
+            time.monotonic() - start, 1), "threads": threads, "finished": datetime.datetime.now().isoformat(
+            timespec="seconds")}
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("results.json", "results.md", "accuracy.png"):
+            if (where / name).is_file():
+                shutil.copy2(where / name, kept / name)
+        (results / "parts.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _deadline(text: str | None) -> float | None:
+    """'17:10' today (local time) as a Unix time; None for no limit."""
+    if not text:
+        return None
+    hh, mm = (int(v) for v in text.split(":"))
+    now = datetime.datetime.now()
+    return now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("list", "run"))
+    ap.add_argument("--out", default="/work/grid", help="the compare folder (run folders; not committed)")
+    ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
+    ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
+    ap.add_argument("--only", help="run only the parts whose name starts with this")
+    ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "smoke"))
+    args = ap.parse_args()
+    if args.step == "list":
+        list_parts(Path(args.results), args.plan)
+    else:
+        run_parts(args)
+
+
+if __name__ == "__main__":
+    main()
