@@ -212,3 +212,35 @@ def test_bad_seeds_are_one_line_errors(tmp_path, capsys, text, message):
                  "--out", str(tmp_path / "grid")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "grid").exists()
+
+
+def test_another_students_rows_are_kept_and_another_dataset_is_refused(tmp_path, monkeypatch, capsys):
+    """A compare with another student into the same OUT keeps the first student's rows in results.json (its
+    statistics cover its own student only); an OUT of another dataset is refused before any work."""
+    from d3hr import api
+    from d3hr.compare import compare
+    from d3hr.config import load_config
+
+    def evaluate(run, seeds, recipe, student, **kwargs):
+        rec = {"labels": "hard", "recipe": recipe, "setup": {}, "epochs": 2, "top1": 0.4 if student == "convnet" else
+               0.6, "teacher_sha256": None}
+        return {"records": [rec], "teacher": None}
+
+    monkeypatch.setattr(api, "distill", lambda cfg: {})
+    monkeypatch.setattr(importlib.import_module("d3hr.evaluation.runner"), "evaluate", evaluate)
+    out = tmp_path / "grid"
+    base = load_config(None, [])
+    compare(base, ["random-real"], [1], 2, out, labels=["hard"], epochs=2)
+    result = compare(base, ["random-real"], [1], 2, out, labels=["hard"], epochs=2, student="resnet18")
+    assert sorted(r["student"] for r in result["cells"]) == ["convnet"] * 2 + ["resnet18"] * 2
+    (row,) = result["summary"]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(60.0)
+    again = compare(base, ["random-real"], [1], 2, out, labels=["hard"], epochs=2)
+    assert len(again["cells"]) == 4 and again["summary"][0]["mean"] == pytest.approx(40.0)
+    before = (out / "results.json").read_bytes()
+    args = ["compare", "--dataset", "fashion-mnist", "--methods", "random-real", "--ipc", "1", "--seeds", "1",
+            "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "holds a compare of dataset 'digits'" in err and len(err.strip().splitlines()) == 1
+    assert (out / "results.json").read_bytes() == before

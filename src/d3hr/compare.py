@@ -87,6 +87,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
         check_seeds(full_seeds, "--full-seeds")
     seeds = seed_list(seeds)
     check_device(base.device)
+    earlier, kept = _earlier_rows(out, base.data.name, student)  # refuses an OUT of another dataset before any work
     names = list(recipes) if recipes else [DEFAULT_RECIPE[mode] for mode in labels]
     units = [(get_recipe(n, epochs=epochs), aug) for n in names for aug in ((True, False) if ars_runs else (True,))]
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
@@ -116,11 +117,11 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             res = evaluate(cfg.out, student=student, labels="hard", seeds=[s], epochs=full_epochs, device=cfg.device,
                            recipe=FULL_RECIPE, full=True)
             rows.append(_row(FULL, None, s, None, student, res, cfg.out))
-    rows = merge_rows(_earlier_rows(out, base.data.name, student), rows)
+    rows = merge_rows(earlier, rows)
     table = summarise(rows)
     result = {"dataset": base.data.name, "student": student, "seeds": sorted({r["seed"] for r in rows}),
               "teacher_epochs": teacher_epochs,
-              "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": rows, "summary": table,
+              "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": kept + rows, "summary": table,
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
     quality = merge_quality(_earlier_quality(out, base.data.name), quality)
     if quality:
@@ -209,16 +210,20 @@ def _cell_key(r: dict[str, Any]) -> tuple:
             r["epochs"])
 
 
-def _earlier_rows(out: Path, dataset: str, student: str) -> list[dict[str, Any]]:
-    """Cells of earlier compares into the same OUT (same dataset and student, trained under a named recipe), so that
-    a grid can be run in parts."""
+def _earlier_rows(out: Path, dataset: str, student: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The cells of earlier compares into the same OUT, so that a grid can be run in parts: (those of this student,
+    trained under a named recipe: they join this compare's statistics; the others: other students, or rows from
+    before recipes existed, kept in results.json untouched). An OUT holding another dataset's compare is refused."""
     path = out / "results.json"
     if not path.exists():
-        return []
+        return [], []
     old = check(read_json(path), COMPARE_RESULTS, path)
-    if old.get("dataset") != dataset:
-        return []
-    return [r for r in old.get("cells", []) if r.get("student") == student and "recipe" in r]
+    if old.get("dataset", dataset) != dataset:
+        raise D3HRError(f"{out} holds a compare of dataset '{old['dataset']}' ({path}), not '{dataset}'; give "
+                        "another --out")
+    rows = old.get("cells", [])
+    same = [r for r in rows if r.get("student") == student and "recipe" in r]
+    return same, [r for r in rows if not (r.get("student") == student and "recipe" in r)]
 
 
 def _quality_row(cell: Cell, res: dict[str, Any], run: str) -> dict[str, Any]:
