@@ -23,6 +23,7 @@ PINNED = {
                 "normalize": "pm1"},
 }
 PINNED["dc-full"] = {**PINNED["dc"], "epochs": 30}
+PINNED["dc-plain"] = {**PINNED["dc"], "epochs": 300, "augment": "none"}  # DC's Table 1: no augmentation, 300 epochs
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))
