@@ -13,5 +13,5 @@ run = f"{out}/runs/random-real-ipc{ipc}-seed{seed}"  # the layout of d3hr compar
 cfg = load_config(None, [nest("data.name", "fashion-mnist"), nest("select.method", "random-real"),
                          nest("select.ipc", ipc), nest("seed", seed), nest("out", run)])
 api.distill(cfg)
-res = evaluate(cfg.out, labels="hard", recipe="dc", seeds=[seed])
+res = evaluate(cfg.out, labels="hard", recipe=sys.argv[4] if len(sys.argv) > 4 else "dc", seeds=[seed])
 print("RESULT", ipc, seed, res["records"][0]["top1"], res["records"][0]["seconds"], flush=True)
