@@ -21,7 +21,6 @@ from typing import Any
 from d3hr import __version__
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
-from d3hr.utils.dist import distributed_now, finish
 from d3hr.utils.folders import owns
 
 EXIT_ERROR = 2  # a D3HRError or OSError: bad input, a refused folder, a corrupt file, the file system
@@ -397,11 +396,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = _dispatch(args)
     except Exception:
-        if not distributed_now():
+        if not _distributed():
             raise
         traceback.print_exc()  # a bug, not bad input: its traceback, then this rank leaves and torchrun stops the rest
         code = 1
+    if not _distributed():
+        return code
+    from d3hr.utils.dist import finish
+
     return finish(code)
+
+
+def _distributed() -> bool:
+    """Whether this process joined a torch.distributed group; never imports torch (quick commands stay light)."""
+    if "torch.distributed" not in sys.modules:
+        return False
+    from d3hr.utils.dist import distributed_now
+
+    return distributed_now()
 
 
 def _dispatch(args: argparse.Namespace) -> int:
