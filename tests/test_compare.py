@@ -237,10 +237,14 @@ def test_another_students_rows_are_kept_and_another_dataset_is_refused(tmp_path,
     assert row["n"] == 2 and row["mean"] == pytest.approx(60.0)
     again = compare(base, ["random-real"], [1], 2, out, labels=["hard"], epochs=2)
     assert len(again["cells"]) == 4 and again["summary"][0]["mean"] == pytest.approx(40.0)
+    # The same OUT as if another dataset's grid had written it (the stand-ins stay in place: a refusal that failed
+    # would run quickly and change the file, not train for hours).
+    table = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**table, "dataset": "another-set"}))
     before = (out / "results.json").read_bytes()
-    args = ["compare", "--dataset", "fashion-mnist", "--methods", "random-real", "--ipc", "1", "--seeds", "1",
-            "--out", str(out)]
+    args = ["compare", "--dataset", "digits", "--methods", "random-real", "--ipc", "1", "--seeds", "1", "--labels",
+            "hard", "--out", str(out)]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "holds a compare of dataset 'digits'" in err and len(err.strip().splitlines()) == 1
+    assert "holds a compare of dataset 'another-set'" in err and len(err.strip().splitlines()) == 1
     assert (out / "results.json").read_bytes() == before
