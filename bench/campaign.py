@@ -36,6 +36,7 @@ METHODS = ("d3hr", "base-rs", "base-ddpm", "random-real", "herding", "kmeans-lat
 # 1 / 10 / 50 (bench/results/fashion-mnist-dc); rded 300 epochs with the teacher's forward pass, estimated.
 MINUTES = {("dc", 1): 0.5, ("dc", 10): 3.5, ("dc", 50): 17.0, ("rded", 1): 0.5, ("rded", 10): 2.5,
            ("rded", 50): 10.0}
+METRICS_MINUTES = 1.0  # d3hr metrics of one cell (features of the set; the real images' are cached), estimated
 FULL_MINUTES = 70.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images)
 # Not in the estimates: the caches the first part that needs them builds (the teacher ~70 min, the generator ~45 min).
 
@@ -52,6 +53,17 @@ class Part:
     student: str = "convnet"
     extra: tuple[str, ...] = field(default=())
     dataset: str = "fashion-mnist"
+    sweep: str | None = None  # "key=v1,v2": one row per value, paired with the method's unswept cells
+    metrics: bool = False  # also the set quality of every cell (d3hr metrics); done when every cell has it
+
+    def sweep_values(self) -> list:
+        """The part's sweep as rows record it: [None] without one, else [[key, value], ...]."""
+        if self.sweep is None:
+            return [None]
+        from d3hr.compare import parse_sweep
+
+        key, values = parse_sweep(self.sweep)
+        return [[key, v] for v in values]
 
     def folder(self, base: Path) -> Path:
         """Where this part's table lives under ``base``: compare keeps one student per OUT."""
@@ -64,11 +76,18 @@ class Part:
                "--recipes", ",".join(self.recipes), "--student", self.student, *self.extra]
         if "full" in self.methods:
             cmd += ["--full-seeds", seeds]
+        if self.sweep:
+            cmd += ["--sweep", self.sweep]
+        if self.metrics:
+            cmd += ["--metrics"]
         return cmd
 
     def minutes(self) -> float:
         cells = [m for m in self.methods if m != "full"]
-        est = sum(MINUTES.get((r, self.ipc), 1.0) for r in self.recipes) * len(cells) * len(self.seeds)
+        est = (sum(MINUTES.get((r, self.ipc), 1.0) for r in self.recipes) * len(cells) * len(self.seeds)
+               * len(self.sweep_values()))
+        if self.metrics:
+            est += METRICS_MINUTES * len(cells) * len(self.seeds) * len(self.sweep_values())
         if "full" in self.methods:
             est += FULL_MINUTES * len(self.seeds)
         if self.student != "convnet":
@@ -79,13 +98,26 @@ class Part:
 def plan(name: str = "fashion-mnist") -> list[Part]:
     """The campaign in priority order, one seed a part: the recipe's random-real baseline at IPC 50, IPC 10 (every
     method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 50 method by
-    method, and the cross-architecture table at IPC 10. ``smoke``: two tiny parts on digits (the test's)."""
+    method, and the cross-architecture table at IPC 10. ``covariance``: D3HR with ``stats.covariance`` full and
+    lowrank:16 beside the grid's diag cells (paired by seed), and the set quality of every method at IPC 10.
+    ``smoke``: tiny parts on digits (the test's)."""
     if name == "smoke":
         fast = ("--epochs", "2", "--set", "data.limit=200", "--set", "generator.vae.steps=4", "--set",
                 "generator.dit.steps=4", "--set", "select.candidates=64", "--set", "diffusion.num_steps=10",
                 "--set", "diffusion.inversion_steps=6")
         return [Part("smoke-a", ("random-real", "base-rs"), 1, (0,), ("dc",), extra=fast, dataset="digits"),
-                Part("smoke-b", ("random-real",), 1, (1,), ("dc",), extra=fast, dataset="digits")]
+                Part("smoke-b", ("random-real",), 1, (1,), ("dc",), extra=fast, dataset="digits"),
+                Part("smoke-c", ("base-rs",), 1, (0,), ("dc",), dataset="digits", sweep="select.candidates=32",
+                     metrics=True, extra=(*fast, "--teacher-epochs", "1"))]
+    if name == "covariance":  # the correlated-distributions issue, after the grid's D3HR cells of the same seeds
+        forms = "stats.covariance=full,lowrank:16"
+        parts = [Part(f"cov-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep=forms) for s in range(5)]
+        parts += [Part(f"metrics-ipc10-seed{s}", METHODS, 10, (s,), metrics=True) for s in range(5)]
+        parts += [Part(f"cov-metrics-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep=forms, metrics=True)
+                  for s in range(5)]
+        parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
+        parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
+        return parts
     parts = [Part(f"ipc50-random-real-seed{s}", ("random-real",), 50, (s,), ("dc",)) for s in range(5)]
     parts += [Part(f"ipc10-seed{s}", METHODS, 10, (s,)) for s in range(5)]
     parts += [Part(f"full-seed{s}", ("full",), 10, (s,), ("dc",)) for s in range(3)]
@@ -104,24 +136,33 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _done(part: Part, rows: list[dict]) -> bool:
-    """Every (method, seed, recipe) of the part has a row in results.json."""
-    have = {(r["method"], r["seed"], r["recipe"], r["student"]) for r in rows
+def _done(part: Part, results: dict) -> bool:
+    """Every (method, seed, recipe, sweep value) of the part has a row in results.json (and a set-quality cell when
+    the part computes metrics)."""
+    rows = results.get("cells", [])
+    have = {(r["method"], r["seed"], r["recipe"], r["student"], str(r.get("sweep"))) for r in rows
             if r["ipc"] == part.ipc or r["method"] == "full"}
-    want = {(m, s, "dc-full" if m == "full" else r, part.student) for m in part.methods for s in part.seeds
-            for r in (("dc",) if m == "full" else part.recipes)}
-    return want <= have
+    want = {(m, s, "dc-full" if m == "full" else r, part.student, str(w)) for m in part.methods for s in part.seeds
+            for r in (("dc",) if m == "full" else part.recipes) for w in part.sweep_values()}
+    if not want <= have:
+        return False
+    if not part.metrics:
+        return True
+    quality = {(q["method"], q["ipc"], q["seed"], str(q.get("sweep")))
+               for q in results.get("set_metrics", {}).get("cells", [])}
+    return {(m, part.ipc, s, str(w)) for m in part.methods if m != "full" for s in part.seeds
+            for w in part.sweep_values()} <= quality
 
 
-def _rows(part: Part, base: Path) -> list[dict]:
-    return _load(part.folder(base) / "results.json").get("cells", [])
+def _results(part: Part, base: Path) -> dict:
+    return _load(part.folder(base) / "results.json")
 
 
 def list_parts(results: Path, name: str) -> None:
     record = _load(results / "parts.json")
     hours = sum(p["seconds"] * p["threads"] for p in record.values()) / 3600
     for part in plan(name):
-        state = "done" if _done(part, _rows(part, results)) else "todo"
+        state = "done" if _done(part, _results(part, results)) else "todo"
         took = record.get(part.name, {}).get("seconds")
         shown = f"{took / 60:.0f} min" if took else f"~{part.minutes():.0f} min (estimate)"
         print(f"{part.name:<28} {state:<5} {shown}")
@@ -141,7 +182,7 @@ def run_parts(args: argparse.Namespace) -> None:
         if not (where / "results.json").exists() and (kept / "results.json").is_file():
             where.mkdir(parents=True, exist_ok=True)
             shutil.copy2(kept / "results.json", where / "results.json")  # the rows of earlier parts, anywhere
-        if _done(part, _rows(part, out)):
+        if _done(part, _results(part, out)):
             continue
         if until is not None and time.time() + 60 * part.minutes() > until:
             print(f"[campaign] {part.name}: ~{part.minutes():.0f} min does not fit before --until; stopping")
@@ -178,7 +219,7 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
     ap.add_argument("--only", help="run only the parts whose name starts with this")
-    ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "smoke"))
+    ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "smoke"))
     args = ap.parse_args()
     if args.step == "list":
         list_parts(Path(args.results), args.plan)

@@ -188,13 +188,18 @@ def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_ta
     script, results = str(BENCH / "campaign.py"), tmp_path / "results"
     run = [script, "run", "--plan", "smoke", "--results", str(results)]
     out = _run(*run, "--out", str(tmp_path / "grid"))
-    assert out.count("[campaign] smoke-") == 2
+    assert out.count("[campaign] smoke-") == 3
     table = json.loads((results / "results.json").read_text())
-    assert {(r["method"], r["seed"]) for r in table["cells"]} == {("random-real", 0), ("base-rs", 0),
-                                                                 ("random-real", 1)}
+    sweep = ["select.candidates", 32]
+    assert {(r["method"], r["seed"], str(r["sweep"])) for r in table["cells"]} == {
+        ("random-real", 0, "None"), ("base-rs", 0, "None"), ("random-real", 1, "None"), ("base-rs", 0, str(sweep))}
+    assert [(q["method"], q["sweep"]) for q in table["set_metrics"]["cells"]] == [("base-rs", sweep)]
+    assert {(p["a"], str(p["sweep"]), str(p["sweep_b"])) for p in table["paired"]} >= {
+        ("base-rs", str(sweep), "None")}  # the swept cell against its method's default
     parts = json.loads((results / "parts.json").read_text())
-    assert set(parts) == {"smoke-a", "smoke-b"} and all(p["seconds"] > 0 for p in parts.values())
+    assert set(parts) == {"smoke-a", "smoke-b", "smoke-c"} and all(p["seconds"] > 0 for p in parts.values())
     assert "--seeds 1-1" in parts["smoke-b"]["command"] and (results / "results.md").is_file()
+    assert "--sweep select.candidates=32 --metrics" in parts["smoke-c"]["command"]
     assert _run(*run, "--out", str(tmp_path / "grid")).count("[campaign]") == 0
     assert _run(*run, "--out", str(tmp_path / "elsewhere")).count("[campaign]") == 0
     assert "done" in _run(script, "list", "--plan", "smoke", "--results", str(results)).split("\n")[0]

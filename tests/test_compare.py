@@ -109,7 +109,11 @@ def test_paired_differences_and_dd_ranking_scores_from_the_cells():
             + _rows("random-real", "rded", [0.80, 0.80, 0.80]) + _rows("d3hr", "dc", [0.70, 0.70, 0.70])
             + _rows("d3hr", "rded-noaug", [0.60, 0.60, 0.60]) + _rows("random-real", "rded-noaug", [0.65] * 3)
             + [{**r, "ipc": None} for r in _rows("full", "dc-full", [0.93, 0.93])])
-    (p,) = paired_differences(rows)  # d3hr - base-rs under rded: (1, 2, 3) points -> 2 -+ 2.484138
+    pairs = {(p["a"], p["b"], p["recipe"]): p for p in paired_differences(rows)}
+    assert set(pairs) == {("d3hr", "base-rs", "rded"), ("d3hr", "random-real", "rded"),
+                          ("d3hr", "random-real", "rded-noaug")}
+    assert pairs[("d3hr", "random-real", "rded")]["mean"] == pytest.approx(3.0)
+    p = pairs[("d3hr", "base-rs", "rded")]  # (1, 2, 3) points -> 2 -+ 2.484138
     assert (p["a"], p["b"], p["ipc"], p["recipe"], p["n"]) == ("d3hr", "base-rs", 10, "rded", 3)
     assert p["mean"] == pytest.approx(2.0) and p["low"] == pytest.approx(-0.484138, abs=1e-5)
     assert p["significant"] is False and "| d3hr − base-rs | rded | 10 | 5 | +2.00 [-0.48, +4.48] | 3 |" in \
@@ -127,6 +131,26 @@ def test_paired_differences_and_dd_ranking_scores_from_the_cells():
     text = markdown_table(table, "digits", "convnet")
     assert "soft (rded) IPC 10 (5 ep)" in text and "hard (dc) IPC 10 (5 ep)" in text and "| full |" not in text
     assert "| d3hr | rded | 10 | 5 | 23.0 ± 0.0 | 3.0 ± 1.0 |" in scores_table(robust_scores(rows))
+
+
+def test_swept_rows_are_paired_with_their_method_default_and_random_real():
+    """A sweep value (e.g. a covariance form) is compared seed by seed with the same method's unswept cells and with
+    random real; seeds missing on one side are left out of that pair."""
+    from d3hr.compare import paired_differences, paired_table
+
+    sweep = ["stats.covariance", "full"]
+    rows = (_rows("d3hr", "dc", [0.70, 0.71, 0.72]) + _rows("random-real", "dc", [0.74, 0.74, 0.74, 0.74])
+            + [{**r, "sweep": sweep} for r in _rows("d3hr", "dc", [0.71, 0.73, 0.75, 0.90])])
+    pairs = {(p["a"], p["b"], str(p["sweep"]), str(p["sweep_b"])): p for p in paired_differences(rows)}
+    assert set(pairs) == {("d3hr", "random-real", "None", "None"), ("d3hr", "d3hr", str(sweep), "None"),
+                          ("d3hr", "random-real", str(sweep), "None")}
+    full = pairs[("d3hr", "d3hr", str(sweep), "None")]  # differences 1, 2, 3 points over the 3 common seeds
+    assert full["seeds"] == [0, 1, 2] and full["mean"] == pytest.approx(2.0)
+    assert full["low"] == pytest.approx(-0.484138, abs=1e-5) and not full["significant"]
+    vs_real = pairs[("d3hr", "random-real", str(sweep), "None")]  # -3, -1, +1, +16 over all 4 seeds
+    assert vs_real["n"] == 4 and vs_real["mean"] == pytest.approx(3.25)
+    text = paired_table([full])
+    assert "| d3hr (stats.covariance=full) − d3hr | dc | 10 | 5 | +2.00 [-0.48, +4.48] | 3 |" in text
 
 
 def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compares(tmp_path, monkeypatch):

@@ -7,10 +7,11 @@ can share them (generator, statistics and teacher caches). The whole grid is che
 first cell starts. A recipe fixes the training length, so every
 IPC of one invocation is trained for the same epochs (stated in each column header).
 
-Beside mean +- std: the paired difference per seed of methods that share candidate pools and seeds (D3HR against
-Base-RS) with a 95% t-interval, and DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluation.metrics) against random real
-subsets trained under the same labels and recipe. With ``set_metrics``, also each cell's set quality (``d3hr metrics``:
-FID, precision / recall / density / coverage, diversity in the evaluation teacher's features), mean +- std over seeds.
+Beside mean +- std: paired differences per seed with a 95% t-interval (D3HR against Base-RS, which shares its
+candidate pools and seeds, and against random real; every swept row against its method's default), and
+DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluation.metrics) against random real subsets trained under the same
+labels and recipe. With ``set_metrics``, also each cell's set quality (``d3hr metrics``: FID, precision / recall /
+density / coverage, diversity in the evaluation teacher's features), mean +- std over seeds.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from d3hr.utils.schema import COMPARE_RESULTS, check
 
 FULL = "full"  # the upper bound: the student on the whole training set with the hard-label recipe
 RANDOM = "random-real"  # DD-Ranking's reference: random real subsets of the same size
-PAIRED = (("d3hr", "base-rs"),)  # methods drawing from the same candidate pools with the same seeds
+PAIRED = (("d3hr", "base-rs"), ("d3hr", "random-real"))  # compared seed by seed (see paired_differences)
 QUALITY = ("fid", "precision", "recall", "density", "coverage", "diversity", "real_diversity")  # overall readouts
 
 
@@ -330,19 +331,27 @@ def _by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> dict[int,
 
 
 def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each pair in PAIRED and each (IPC, recipe, sweep, epochs) where both ran: the per-seed differences of
-    top-1 (points) and a 95% t-interval of their mean; ``significant`` only when it excludes 0."""
+    """Per-seed differences of top-1 (points) with a 95% t-interval of their mean; ``significant`` only when it
+    excludes 0. Pairs, each within one (IPC, recipe, epochs): the methods of ``PAIRED`` under the same sweep value
+    (D3HR and Base-RS share candidate pools and seeds; D3HR and random real share the student's seed), and every
+    swept row against the same method without a sweep (e.g. ``stats.covariance=full`` against the default ``diag``,
+    same seeds and candidate draws) and against random real without a sweep."""
+    groups = {(r["method"], _group(r)) for r in rows}
+    pairs = [((a, g), (b, g)) for a, b in PAIRED for m, g in sorted(groups, key=str) if m == a]
+    for m, g in sorted(groups, key=str):
+        if g[2] is not None:
+            plain = (g[0], g[1], None, g[3])
+            pairs += [((m, g), (b, plain)) for b in dict.fromkeys((m, RANDOM)) if (m, g) != (b, plain)]
     out = []
-    for a, b in PAIRED:
-        for group in sorted({_group(r) for r in rows if r["method"] == a}, key=str):
-            va, vb = _by_seed(rows, a, group), _by_seed(rows, b, group)
-            common = sorted(set(va) & set(vb))
-            if not common:
-                continue
-            iv = paired_t_interval([100 * va[s] for s in common], [100 * vb[s] for s in common])
-            out.append({"a": a, "b": b, "ipc": group[0], "recipe": group[1], "sweep": list(group[2] or []) or None,
-                        "epochs": group[3], "seeds": common, "mean": iv.mean, "low": iv.low, "high": iv.high,
-                        "n": iv.n, "significant": iv.significant})
+    for (a, ga), (b, gb) in pairs:
+        va, vb = _by_seed(rows, a, ga), _by_seed(rows, b, gb)
+        common = sorted(set(va) & set(vb))
+        if not common:
+            continue
+        iv = paired_t_interval([100 * va[s] for s in common], [100 * vb[s] for s in common])
+        out.append({"a": a, "b": b, "ipc": ga[0], "recipe": ga[1], "sweep": list(ga[2] or []) or None,
+                    "sweep_b": list(gb[2] or []) or None, "epochs": ga[3], "seeds": common, "mean": iv.mean,
+                    "low": iv.low, "high": iv.high, "n": iv.n, "significant": iv.significant})
     return out
 
 
@@ -422,15 +431,21 @@ def paired_table(paired: list[dict[str, Any]]) -> str:
     """Paired differences (points) with 95% t-intervals; '*' marks an interval that excludes 0."""
     if not paired:
         return ""
-    lines = ["", "Paired differences per seed (same candidate pools and seeds), top-1 points, mean [95% t-interval]; "
-             "* = the interval excludes 0.", "", "| difference | recipe | IPC | epochs | mean [95% CI] | n |",
+    lines = ["", "Paired differences per seed (the same seed: the same student initialisation and data order; D3HR "
+             "and Base-RS also draw from the same candidate pools), top-1 points, mean [95% t-interval]; * = the "
+             "interval excludes 0.", "", "| difference | recipe | IPC | epochs | mean [95% CI] | n |",
              "|---|---|---|---|---|---|"]
     for p in paired:
         mark = " *" if p["significant"] else ""
-        name = f"{p['a']} − {p['b']}" + (f" ({p['sweep'][0]}={p['sweep'][1]})" if p["sweep"] else "")
+        sweep_b = p.get("sweep_b", p["sweep"])  # results of earlier versions: both sides under one sweep value
+        name = f"{_named(p['a'], p['sweep'])} − {_named(p['b'], sweep_b)}"
         lines.append(f"| {name} | {p['recipe']} | {p['ipc']} | {p['epochs']} | {p['mean']:+.2f} "
                      f"[{p['low']:+.2f}, {p['high']:+.2f}]{mark} | {p['n']} |")
     return "\n".join(lines) + "\n"
+
+
+def _named(method: str, sweep: list[Any] | None) -> str:
+    return method + (f" ({sweep[0]}={sweep[1]})" if sweep else "")
 
 
 def scores_table(scores: list[dict[str, Any]]) -> str:

@@ -13,8 +13,9 @@
 - ``dc-plain``: DC's own evaluation where its code augments nothing, the protocol of the DC paper's Table 1 and of
   the random-real baselines it reports (which the DSA paper copies): ``dc`` without augmentation, 300 epochs.
   DC's ``get_daparam`` sets the augmentation strategy to 'none' for every dataset but MNIST (and for BatchNorm
-  ConvNets), and ``main.py`` keeps ``epoch_eval_train`` at 300 without augmentation. On Fashion-MNIST IPC 50, random
-  real scores 84.7 under ``dc`` (2 seeds) against DC's 82.5: the DSA augmentation and 1000 epochs are a stronger protocol.
+  ConvNets), and ``main.py`` keeps ``epoch_eval_train`` at 300 without augmentation. On Fashion-MNIST IPC 50,
+  random real scores 84.7 under ``dc`` (2 seeds) against DC's 82.5: the DSA augmentation and 1000 epochs are a
+  stronger protocol.
 - ``dc-full``: ``dc`` for the full-data upper bound (the student on the whole training set), 30 epochs: DC's code
   gives no full-data schedule and 1000 epochs of 60,000 images would be 235k steps.
 - ``teacher``: the soft-label teacher on the full training set, as earlier versions trained it: AdamW lr 1e-3,
