@@ -100,7 +100,7 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
 def main() -> None:
     from d3hr.utils.heap import keep_freed_memory
 
-    keep_freed_memory()  # as the d3hr command does: 1.4-1.6x faster training steps here
+    keep_freed_memory()  # as the d3hr command does: 1.3-1.6x faster training steps here
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--generator-run", required=True, type=Path, help="a d3hr run whose generator and K are used")
     p.add_argument("--real", required=True, nargs="+", type=Path, help="real-image runs (random-real, herding)")

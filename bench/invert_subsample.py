@@ -275,7 +275,7 @@ def write_table(results: Path, ipc: int) -> None:
 def main() -> None:
     from d3hr.utils.heap import keep_freed_memory
 
-    keep_freed_memory()  # as the d3hr command does: 1.4-1.6x faster training steps here
+    keep_freed_memory()  # as the d3hr command does: 1.3-1.6x faster training steps here
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("step", choices=["invert", "analyse", "table", "depth"])
     p.add_argument("--out", type=Path, required=True, help="scratch folder: latents, run folders")

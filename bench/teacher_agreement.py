@@ -40,7 +40,7 @@ def agreement(run: Path, arch: str = "convnet") -> tuple[int, float, float]:
 def main() -> None:
     from d3hr.utils.heap import keep_freed_memory
 
-    keep_freed_memory()  # as the d3hr command does: 1.4-1.6x faster training steps here
+    keep_freed_memory()  # as the d3hr command does: 1.3-1.6x faster training steps here
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--teacher", default="convnet")

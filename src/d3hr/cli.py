@@ -392,7 +392,7 @@ def _out(*parts: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (0 done, 1 verify found problems, 2 error, 130 interrupted). Run as
-    the program (``argv`` None), it first makes malloc keep freed memory (d3hr.utils.heap: 1.4-1.6x faster training
+    the program (``argv`` None), it first makes malloc keep freed memory (d3hr.utils.heap: 1.3-1.6x faster training
     steps on CPU; ``D3HR_MALLOC=system`` opts out)."""
     args = build_parser().parse_args(argv)
     if argv is None:

@@ -17,7 +17,7 @@ PINNED = {
            "weight_decay": 5e-4, "momentum": 0.9, "decay_norms_biases": True, "schedule": "step-half",
            "augment": "dsa", "crop_scale": None, "dsa_strategy": None, "temperature": None,
            "normalize": "standardize"},
-    "teacher": {"labels": "hard", "epochs": 30, "batch_size": 128, "optimizer": "adamw", "lr": 1e-3,
+    "teacher": {"labels": "hard", "epochs": 60, "batch_size": 128, "optimizer": "adamw", "lr": 1e-3,
                 "weight_decay": 0.01, "momentum": 0.0, "decay_norms_biases": False, "schedule": "cosine",
                 "augment": "rrc", "crop_scale": [0.5, 1.0], "dsa_strategy": None, "temperature": None,
                 "normalize": "pm1"},

@@ -19,8 +19,10 @@
 - ``dc-full``: ``dc`` for the full-data upper bound (the student on the whole training set), 30 epochs: DC's code
   gives no full-data schedule and 1000 epochs of 60,000 images would be 235k steps.
 - ``teacher``: the soft-label teacher on the full training set, as earlier versions trained it: AdamW lr 1e-3,
-  weight decay 0.01 (none on norms and biases), cosine per step, 30 epochs, batch 128, RandomResizedCrop (scale
-  0.5-1) and flip where it makes sense, cross-entropy; [-1, 1] inputs like the ``rded`` students it labels. An SGD
+  weight decay 0.01 (none on norms and biases), cosine per step, 60 epochs, batch 128, RandomResizedCrop (scale
+  0.5-1) and flip where it makes sense, cross-entropy; [-1, 1] inputs like the ``rded`` students it labels. On
+  Fashion-MNIST, ConvNet-3: 92.69% test top-1 after 30 epochs (the earlier default, loss still falling), 93.31% after
+  60 (the DC paper's ConvNet on the whole set: 93.5 +- 0.1). An SGD
   teacher (lr 0.05, weight decay 5e-4) trained on translations only reached 98% on digits but its soft labels at
   T = 20 dropped the students from 97% to 78% (IPC 10, random real and D3HR alike); with resized crops, 87%. The
   temperature assumes the logit scale of this recipe.
@@ -132,7 +134,7 @@ DC = register_recipe(Recipe(name="dc", labels="hard", epochs=1000, batch_size=25
                             normalize="standardize"))
 register_recipe(replace(DC, name="dc-plain", epochs=300, augment="none"))
 register_recipe(replace(DC, name="dc-full", epochs=30))
-register_recipe(Recipe(name="teacher", labels="hard", epochs=30, batch_size=128, optimizer="adamw", lr=1e-3,
+register_recipe(Recipe(name="teacher", labels="hard", epochs=60, batch_size=128, optimizer="adamw", lr=1e-3,
                        weight_decay=0.01, decay_norms_biases=False, schedule="cosine", augment="rrc",
                        crop_scale=(0.5, 1.0)))
 

@@ -11,7 +11,7 @@ time in the kernel. ``keep_freed_memory`` sets, through ``mallopt``:
 - ``M_TRIM_THRESHOLD = 2**31 - 1`` (mallopt's largest): the heap's free top is given back only beyond 2 GiB.
 
 Freed blocks are then reused by the next step without a fault. Measured by ``bench/allocator.py`` on the real
-training loop (2 threads): 1.4-1.6x faster steps for recipes ``dc`` and ``teacher``, identical losses; jemalloc
+training loop (2 threads): 1.3-1.6x faster steps for recipes ``dc`` and ``teacher``, identical losses; jemalloc
 with purging off does the same, glibc with transparent huge pages about half of it. The price: a process keeps most of
 its peak heap until it exits (freed blocks are reused, not returned), which a d3hr command does when it ends.
 
