@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from d3hr.cli import main
+from d3hr.evaluation.recipes import get_recipe
 from tests.conftest import FAST_TRAIN
 
 SETS = [a for s in FAST_TRAIN for a in ("--set", s)]
 
 
 def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "cache"))  # its own teacher: the recipe's 30 epochs
+    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "cache"))  # its own teacher: the recipe's epochs
     out = tmp_path / "grid"
     args = ["compare", "--dataset", "digits", "--methods", "d3hr,random-real", "--ipc", "1", "--seeds", "2",
             "--labels", "soft", "--epochs", "2", "--out", str(out), *SETS]
@@ -37,7 +38,8 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     table = (out / "results.md").read_text()
     assert "| d3hr |" in table and "| random-real |" in table and "soft (rded) IPC 1 (2 ep)" in table
     teacher = json.loads((out / "results.json").read_text())["cells"][0]["teacher"]
-    assert f"Soft-label teacher: convnet, recipe teacher, 30 epochs on {teacher['train_images']} images" in table
+    epochs = get_recipe("teacher").epochs
+    assert f"Soft-label teacher: convnet, recipe teacher, {epochs} epochs on {teacher['train_images']} images" in table
     assert f"{100 * teacher['test_top1']:.1f}% test top-1, weights sha256 {teacher['sha256'][:12]}" in table
     assert "| random-real | rded | 1 | 2 |  | 0.0 ± 0.0 |" in table  # IOR of random real is 0 by definition
     result = json.loads((out / "results.json").read_text())
