@@ -32,13 +32,15 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fashion-mnist-grid"
 METHODS = ("d3hr", "base-rs", "base-ddpm", "random-real", "herding", "kmeans-latent")
-# Minutes per cell and recipe at 2 threads (ConvNet-3, 32 px): dc 1,000 epochs measured 0.4 / 3.5 / 17 at IPC
-# 1 / 10 / 50 (bench/results/fashion-mnist-dc); rded 300 epochs with the teacher's forward pass, estimated.
-MINUTES = {("dc", 1): 0.5, ("dc", 10): 3.5, ("dc", 50): 17.0, ("rded", 1): 0.5, ("rded", 10): 2.5,
-           ("rded", 50): 10.0}
+# Minutes per cell and recipe at 2 threads (ConvNet-3, 28 px): dc 1,000 epochs measured 0.4 / 3.5 / 21 at IPC
+# 1 / 10 / 50 before malloc kept freed memory (d3hr.utils.heap), 13.6 at IPC 50 after it (0.65x); the others are
+# those measurements x 0.65; rded 300 epochs with the teacher's forward pass, estimated.
+MINUTES = {("dc", 1): 0.3, ("dc", 10): 2.3, ("dc", 50): 14.0, ("rded", 1): 0.3, ("rded", 10): 1.6,
+           ("rded", 50): 6.5}
 METRICS_MINUTES = 1.0  # d3hr metrics of one cell (features of the set; the real images' are cached), estimated
-FULL_MINUTES = 70.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images)
-# Not in the estimates: the caches the first part that needs them builds (the teacher ~70 min, the generator ~45 min).
+FULL_MINUTES = 45.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images), estimated
+# Not in the estimates: the caches the first part that needs them builds (the teacher, 60 epochs: ~95 min; the
+# generator: ~45 min before the malloc fix).
 
 
 @dataclass(frozen=True)
