@@ -284,7 +284,7 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
              "| method | IPC | FID | precision | recall | density | coverage | diversity | real diversity | n |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for e in summary:
-        name = e["method"] + (f" ({e['sweep'][0]}={e['sweep'][1]})" if e["sweep"] else "")
+        name = _named(e["method"], e["sweep"])
         lines.append(f"| {name} | {e['ipc']} | {fmt(e['fid'], '.4g')} | {fmt(e['precision'], '.3f')} | "
                      f"{fmt(e['recall'], '.3f')} | {fmt(e['density'], '.3f')} | {fmt(e['coverage'], '.3f')} | "
                      f"{fmt(e['diversity'], '.4g')} | {fmt(e['real_diversity'], '.4g')} | {e['n']} |")
@@ -336,12 +336,10 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (D3HR and Base-RS share candidate pools and seeds; D3HR and random real share the student's seed), and every
     swept row against the same method without a sweep (e.g. ``stats.covariance=full`` against the default ``diag``,
     same seeds and candidate draws) and against random real without a sweep."""
-    groups = {(r["method"], _group(r)) for r in rows}
-    pairs = [((a, g), (b, g)) for a, b in PAIRED for m, g in sorted(groups, key=str) if m == a]
-    for m, g in sorted(groups, key=str):
-        if g[2] is not None:
-            plain = (g[0], g[1], None, g[3])
-            pairs += [((m, g), (b, plain)) for b in dict.fromkeys((m, RANDOM)) if (m, g) != (b, plain)]
+    groups = sorted({(r["method"], _group(r)) for r in rows}, key=str)
+    pairs = [((a, g), (b, g)) for a, b in PAIRED for m, g in groups if m == a]
+    pairs += [((m, g), (b, (g[0], g[1], None, g[3]))) for m, g in groups if g[2] is not None
+              for b in dict.fromkeys((m, RANDOM))]
     out = []
     for (a, ga), (b, gb) in pairs:
         va, vb = _by_seed(rows, a, ga), _by_seed(rows, b, gb)
@@ -402,7 +400,7 @@ def markdown_table(table: list[dict[str, Any]], dataset: str, student: str) -> s
                   key=lambda c: (c[1] != "soft", c[0], c[2]))
     rows: dict[str, dict[tuple, str]] = {}
     for r in table:
-        name = r["method"] + (f" ({r['sweep'][0]}={r['sweep'][1]})" if r["sweep"] else "")
+        name = _named(r["method"], r["sweep"])
         rows.setdefault(name, {})[(r["recipe"], r["labels"], r["ipc"], r["epochs"])] = (
             f"{r['mean']:.1f} ± {r['std']:.1f} (n={r['n']})")
     head = "| method | " + " | ".join(_column(*c) for c in cols) + " |"
@@ -437,14 +435,14 @@ def paired_table(paired: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|"]
     for p in paired:
         mark = " *" if p["significant"] else ""
-        sweep_b = p.get("sweep_b", p["sweep"])  # results of earlier versions: both sides under one sweep value
-        name = f"{_named(p['a'], p['sweep'])} − {_named(p['b'], sweep_b)}"
+        name = f"{_named(p['a'], p['sweep'])} − {_named(p['b'], p['sweep_b'])}"
         lines.append(f"| {name} | {p['recipe']} | {p['ipc']} | {p['epochs']} | {p['mean']:+.2f} "
                      f"[{p['low']:+.2f}, {p['high']:+.2f}]{mark} | {p['n']} |")
     return "\n".join(lines) + "\n"
 
 
 def _named(method: str, sweep: list[Any] | None) -> str:
+    """A table's row name: the method, and its sweep value when it has one."""
     return method + (f" ({sweep[0]}={sweep[1]})" if sweep else "")
 
 
@@ -461,7 +459,7 @@ def scores_table(scores: list[dict[str, Any]]) -> str:
              "recipe; HLR against the full-data row under the hard-label recipe; LRS, ARS (w = gamma = 0.5).", "",
              "| method | recipe | IPC | epochs | HLR | IOR | LRS | ARS |", "|---|---|---|---|---|---|---|---|"]
     for e in scores:
-        name = e["method"] + (f" ({e['sweep'][0]}={e['sweep'][1]})" if e["sweep"] else "")
+        name = _named(e["method"], e["sweep"])
         lines.append(f"| {name} | {e['recipe']} | {e['ipc']} | {e['epochs']} | {fmt(e, 'hlr')} | {fmt(e, 'ior')} | "
                      f"{fmt(e, 'lrs')} | {fmt(e, 'ars')} |")
     return "\n".join(lines) + "\n"

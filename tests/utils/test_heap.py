@@ -9,6 +9,7 @@ import pytest
 
 from d3hr import cli
 
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 FAULTS = """
 import resource, sys, torch
 from d3hr.utils.heap import keep_freed_memory
@@ -27,7 +28,7 @@ def _faults(mode: str, **env: str) -> tuple[str, int]:
     return out[0], int(out[1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@linux
 def test_freed_blocks_are_reused_without_page_faults():
     applied, kept = _faults("keep")
     _, default = _faults("default")
@@ -36,6 +37,7 @@ def test_freed_blocks_are_reused_without_page_faults():
     assert kept < default / 5  # only the heap's growth to its peak faults
 
 
+@linux
 def test_opting_out_leaves_malloc_alone():
     applied, faults = _faults("keep", D3HR_MALLOC="system")
     assert applied == "False" and faults > 40 * (64 << 20) // 4096 // 2

@@ -22,7 +22,6 @@ for long can call it once. It does nothing where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -38,9 +37,8 @@ def keep_freed_memory() -> bool:
     if os.environ.get(ENV, "").strip().lower() == "system" or not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # another C library (musl has no mallopt)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library Python runs on (no ldconfig call, as find_library makes)
+    except (OSError, AttributeError):  # a C library without mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if mallopt(M_MMAP_MAX, 0) != 1:
