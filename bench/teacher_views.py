@@ -28,8 +28,9 @@ def readouts(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> 
     """Top-1, mean top probability at T = 1 and T, entropy of softmax(logits / T) over log(classes), logit std."""
     p1, pt = logits.softmax(1), (logits / temperature).softmax(1)
     entropy = -(pt * pt.clamp_min(1e-12).log()).sum(1).mean() / math.log(logits.shape[1])
-    return {"top1": 100 * float((logits.argmax(1) == labels).float().mean()), "maxp_t1": float(p1.max(1).values.mean()),
-            "maxp_t": float(pt.max(1).values.mean()), "entropy_t": float(entropy), "logit_std": float(logits.std(1).mean())}
+    return {"top1": 100 * float((logits.argmax(1) == labels).float().mean()),
+            "maxp_t1": float(p1.max(1).values.mean()), "maxp_t": float(pt.max(1).values.mean()),
+            "entropy_t": float(entropy), "logit_std": float(logits.std(1).mean())}
 
 
 def main() -> None:
