@@ -12,6 +12,7 @@ teacher are rebuilt by the first part that needs them).
     python bench/campaign.py list                                  # parts, done or not, and CPU hours so far
     python bench/campaign.py run --out /work/grid --until 17:10    # parts in order while the clock allows
     python bench/campaign.py run --out /work/grid --only ipc10     # parts whose name starts with this
+    python bench/campaign.py run --out /work/grid --plan subsample # other plans, into the same OUT (paired by seed)
 
 A part starts only when its estimate (minutes per cell below, measured on this 2-core machine at 2 threads) fits
 before ``--until``; one that is stopped resumes from its cells' checkpoints next time.
@@ -38,6 +39,7 @@ METHODS = ("d3hr", "base-rs", "base-ddpm", "random-real", "herding", "kmeans-lat
 MINUTES = {("dc", 1): 0.3, ("dc", 10): 2.3, ("dc", 50): 14.0, ("rded", 1): 0.3, ("rded", 10): 1.6,
            ("rded", 50): 6.5}
 METRICS_MINUTES = 1.0  # d3hr metrics of one cell (features of the set; the real images' are cached), estimated
+FULL_INVERSION_MINUTES = 35.0  # every Fashion-MNIST training image to K = 31 (35 ms an image measured, 2 threads)
 FULL_MINUTES = 45.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images), estimated
 # Not in the estimates: the caches the first part that needs them builds (the teacher, 60 epochs: ~95 min; the
 # generator: ~45 min before the malloc fix).
@@ -57,6 +59,7 @@ class Part:
     dataset: str = "fashion-mnist"
     sweep: str | None = None  # "key=v1,v2": one row per value, paired with the method's unswept cells
     metrics: bool = False  # also the set quality of every cell (d3hr metrics); done when every cell has it
+    once_minutes: float = 0.0  # a cache this part builds first (e.g. the full inversion), in its estimate
 
     def sweep_values(self) -> list:
         """The part's sweep as rows record it: [None] without one, else [[key, value], ...]."""
@@ -94,7 +97,7 @@ class Part:
             est += FULL_MINUTES * len(self.seeds)
         if self.student != "convnet":
             est *= 4.0  # deeper students: a rough factor until measured
-        return est
+        return est + self.once_minutes
 
 
 def plan(name: str = "fashion-mnist") -> list[Part]:
@@ -102,6 +105,9 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 50 method by
     method, and the cross-architecture table at IPC 10. ``covariance``: D3HR with ``stats.covariance`` full and
     lowrank:16 beside the grid's diag cells (paired by seed), and the set quality of every method at IPC 10.
+    ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
+    of the default rule and K = 31 (paired by seed): per-class caps 50, 100, 300 and every image at IPC 10, every image
+    at IPC 50, and K = 10, 15, 20, 25, 40 at IPC 10.
     ``smoke``: tiny parts on digits (the test's)."""
     if name == "smoke":
         fast = ("--epochs", "2", "--set", "data.limit=200", "--set", "generator.vae.steps=4", "--set",
@@ -119,6 +125,13 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
                   for s in range(5)]
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
+        return parts
+    if name == "subsample":  # after the grid's D3HR cells of the same seeds (ipc10-seedS, ipc50-d3hr-seedS)
+        parts = [Part(f"sub-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="invert.per_class=50,100,300,all",
+                      once_minutes=FULL_INVERSION_MINUTES if s == 0 else 0.0) for s in range(3)]
+        parts += [Part(f"depth-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="diffusion.inversion_steps=10,15,20,25,40",
+                       once_minutes=10.0 if s == 0 else 0.0) for s in range(3)]  # 5 inversions of ~3,600 images
+        parts += [Part(f"sub-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep="invert.per_class=all") for s in range(3)]
         return parts
     parts = [Part(f"ipc50-random-real-seed{s}", ("random-real",), 50, (s,), ("dc",)) for s in range(5)]
     parts += [Part(f"ipc10-seed{s}", METHODS, 10, (s,)) for s in range(5)]
@@ -221,7 +234,7 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
     ap.add_argument("--only", help="run only the parts whose name starts with this")
-    ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "smoke"))
+    ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "subsample", "smoke"))
     args = ap.parse_args()
     if args.step == "list":
         list_parts(Path(args.results), args.plan)
