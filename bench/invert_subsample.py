@@ -16,6 +16,10 @@ cache entry already exists, the emulated statistics are compared with it instead
         --settings 50,100,300,1000,all,rule0.2,rule0.3 --labels soft,hard --results bench/results/invert-subsample
     # 3. the K=auto rule on the stored levels: every image, and the default rule's subsample
     python bench/invert_subsample.py depth --out /work/scratch/fm-invert --ipc 10 --seeds 0,1,2
+    # or: real runs. A compare folder whose D3HR cells sweep invert.per_class (bench/campaign.py --plan subsample)
+    # beside its default cells: images and seconds the invert stage spent, errors against the per_class=all
+    # statistics, selection loss against them, and top-1 per recipe, paired by seed
+    python bench/invert_subsample.py grid --out GRID --ipc 10 --results bench/results/invert-subsample
 
 Inversion time of a setting = its images x the seconds per image measured in step 1 (inversion is linear in the
 images inverted: bench/end_to_end.py); step 1 prints the seconds per image it measured and the thread count.
@@ -247,13 +251,7 @@ def write_table(results: Path, ipc: int) -> None:
             by.setdefault(r["setting"], []).append(r)
     out = results / f"ipc{ipc}.md"
 
-    def ms(vals: list[float], scale: float = 1.0, digits: int = 1) -> str:
-        vals = [v * scale for v in vals if v is not None]
-        if not vals:
-            return "-"
-        m = sum(vals) / len(vals)
-        s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        return f"{m:.{digits}f} ± {s:.{digits}f}"
+    ms = _ms
 
     lines = [f"IPC {data['ipc']}, K = {data['level']}; inversion time = images x "
              f"{1000 * data['seconds_per_image']:.1f} ms (measured, {data['threads_step1']} threads)", "",
@@ -272,13 +270,89 @@ def write_table(results: Path, ipc: int) -> None:
     print("\n".join(lines))
 
 
+def grid(args: argparse.Namespace) -> None:
+    """Real runs instead of emulated ones: every D3HR cell at ``--ipc`` of the compare folder ``--out`` without a
+    sweep (the default rule) or with an ``invert.per_class`` sweep; the ``all`` cell of the same seed is the
+    reference. Writes RESULTS/grid-ipc<IPC>.json and .md."""
+    from d3hr.distillation.group import group_loss_reference
+    from d3hr.utils.io import load_tensors
+
+    table = json.loads((args.out / "results.json").read_text())
+    top1: dict[tuple, dict[str, float]] = {}
+    for r in table["cells"]:
+        if r["method"] == "d3hr" and r["ipc"] == args.ipc and r["student"] == "convnet":
+            sweep = r["sweep"]
+            if sweep is None or sweep[0] == "invert.per_class":
+                setting = "rule" if sweep is None else str(sweep[1])
+                top1.setdefault((setting, r["seed"]), {})[r["recipe"]] = r["top1"]
+    rows = []
+    for (setting, seed), acc in sorted(top1.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        tail = "" if setting == "rule" else f"-per_class{setting}"  # compare's run-folder names
+        run = args.out / "runs" / f"d3hr-ipc{args.ipc}-seed{seed}{tail}"
+        ref = args.out / "runs" / f"d3hr-ipc{args.ipc}-seed{seed}-per_classall"
+        if not (run / "stats.safetensors").is_file() or not (ref / "stats.safetensors").is_file():
+            continue
+        stats, full = load_tensors(run / "stats.safetensors")[0], load_tensors(ref / "stats.safetensors")[0]
+        stages = json.loads((run / "stages.json").read_text())
+        x = load_tensors(run / "selection.safetensors")[0]["latents"].flatten(2).double()  # (C, ipc, D)
+        weights = tuple(yaml_weights(run))
+        losses = [float(group_loss_reference(x[c : c + 1], full["mean"][c].double(), full["std"][c].double(),
+                                             full["skewness"][c].double(), weights)[0]) for c in range(len(x))]
+        rows.append({"setting": setting, "seed": seed, "images": int(stats["count"].sum()),
+                     "inversion_seconds": stages["invert"]["seconds"], "errors": _errors(stats, full),
+                     "selection_loss_vs_full": sum(losses) / len(losses), "top1": acc})
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"grid-ipc{args.ipc}.json").write_text(json.dumps({"ipc": args.ipc, "rows": rows}, indent=1) + "\n")
+    recipes = sorted({k for r in rows for k in r["top1"]})
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by.setdefault(r["setting"], []).append(r)
+    full_seconds = [r["inversion_seconds"] for r in by.get("all", [])]
+    lines = [f"IPC {args.ipc}: real runs (D3HR cells of one compare folder), mean ± std over seeds; inversion time as "
+             "the invert stage measured it", "",
+             "| per class | seeds | images | inversion time | speed-up | mu err (/sigma) | sigma rel. err "
+             "| gamma abs. err | selection loss vs full | " + " | ".join(f"top-1 {k}" for k in recipes) + " |",
+             "|" + "---|" * (9 + len(recipes))]
+    order = sorted(by, key=lambda k: (k == "all", k != "rule", int(k) if k.isdigit() else 0))
+    for setting in order:
+        rs = by[setting]
+        sec = sum(r["inversion_seconds"] for r in rs) / len(rs)
+        speed = f"{(sum(full_seconds) / len(full_seconds)) / sec:.1f}x" if full_seconds and sec > 0 else "-"
+        lines.append(f"| {setting} | {len(rs)} | {sum(r['images'] for r in rs) / len(rs):.0f} | {sec / 60:.1f} min | "
+                     f"{speed} | {_ms([r['errors']['mean_in_std'] for r in rs], digits=3)} | "
+                     f"{_ms([r['errors']['std_rel'] for r in rs], digits=3)} | "
+                     f"{_ms([r['errors']['skewness_abs'] for r in rs], digits=3)} | "
+                     f"{_ms([r['selection_loss_vs_full'] for r in rs], digits=2)} | "
+                     + " | ".join(_ms([r["top1"].get(k) for r in rs], 100) for k in recipes) + " |")
+    (results / f"grid-ipc{args.ipc}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def yaml_weights(run: Path) -> list[float]:
+    """select.weights of a run folder's resolved config."""
+    import yaml
+
+    return list(yaml.safe_load((run / "config.yaml").read_text())["select"]["weights"])
+
+
+def _ms(vals: list[float | None], scale: float = 1.0, digits: int = 1) -> str:
+    vals = [v * scale for v in vals if v is not None]
+    if not vals:
+        return "-"
+    m = sum(vals) / len(vals)
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
 def main() -> None:
     from d3hr.utils.heap import keep_freed_memory
 
     keep_freed_memory()  # as the d3hr command does: 1.3-1.6x faster training steps here
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("step", choices=["invert", "analyse", "table", "depth"])
-    p.add_argument("--out", type=Path, required=True, help="scratch folder: latents, run folders")
+    p.add_argument("step", choices=["invert", "analyse", "table", "depth", "grid"])
+    p.add_argument("--out", type=Path, required=True,
+                   help="scratch folder: latents, run folders (grid: a compare folder)")
     p.add_argument("--dataset", default="fashion-mnist")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--part", type=int, default=2048, help="images per saved part (step 1)")
@@ -301,6 +375,8 @@ def main() -> None:
         analyse(args)
     elif args.step == "depth":
         depth(args)
+    elif args.step == "grid":
+        grid(args)
     else:
         write_table(Path(args.results), args.ipc)
 

@@ -140,6 +140,28 @@ def test_invert_subsample_emulates_the_invert_stage(tmp_path):
     assert [c["images"] for c in cases][0] == 600 and all(c["chosen"] in (2, 4) for c in cases)
 
 
+def test_invert_subsample_reads_real_runs_of_a_compare_folder(tmp_path):
+    """The ``grid`` step: a compare whose D3HR cells sweep invert.per_class beside the default rule; every row
+    reads the run's own statistics against the per_class=all run of its seed (errors 0 for all itself, above 0 for a
+    cap of 20) and the top-1 of each recipe from results.json."""
+    from tests.conftest import FAST_TRAIN
+
+    common = ["-m", "d3hr", "compare", "--dataset", "digits", "--out", str(tmp_path / "grid"), "--methods", "d3hr",
+              "--ipc", "2", "--seeds", "1", "--recipes", "dc", "--epochs", "1",
+              *(a for s in [*FAST_TRAIN, "invert.check_every=10", "invert.tolerance=0.4"] for a in ("--set", s))]
+    _run(*common)
+    _run(*common, "--sweep", "invert.per_class=20,all")
+    out = _run(str(BENCH / "invert_subsample.py"), "grid", "--out", str(tmp_path / "grid"), "--ipc", "2",
+               "--results", str(tmp_path / "results"))
+    rows = {r["setting"]: r for r in json.loads((tmp_path / "results" / "grid-ipc2.json").read_text())["rows"]}
+    assert set(rows) == {"rule", "20", "all"}
+    assert rows["20"]["images"] == 200 and rows["all"]["images"] == 600  # data.limit=600: 60 a class
+    assert rows["all"]["errors"] == {"mean_in_std": 0.0, "std_rel": 0.0, "skewness_abs": 0.0}
+    assert rows["20"]["errors"]["mean_in_std"] > 0 and rows["rule"]["images"] < 600
+    assert all(0 <= r["top1"]["dc"] <= 1 for r in rows.values())
+    assert "| rule | 1 |" in out and (tmp_path / "results" / "grid-ipc2.md").is_file()
+
+
 @pytest.fixture(scope="module")
 def tiny_d3hr_run(tmp_path_factory):
     """A D3HR run on digits with a tiny random generator given as a pretrained one (no training)."""
