@@ -60,6 +60,7 @@ class Part:
     sweep: str | None = None  # "key=v1,v2": one row per value, paired with the method's unswept cells
     metrics: bool = False  # also the set quality of every cell (d3hr metrics); done when every cell has it
     once_minutes: float = 0.0  # a cache this part builds first (e.g. the full inversion), in its estimate
+    ars: bool = False  # also every cell without augmentation (compare --ars: recipes '<name>-noaug', DD-Ranking's ARS)
 
     def sweep_values(self) -> list:
         """The part's sweep as rows record it: [None] without one, else [[key, value], ...]."""
@@ -85,6 +86,8 @@ class Part:
             cmd += ["--sweep", self.sweep]
         if self.metrics:
             cmd += ["--metrics"]
+        if self.ars:
+            cmd += ["--ars"]
         return cmd
 
     def minutes(self) -> float:
@@ -102,9 +105,10 @@ class Part:
 
 def plan(name: str = "fashion-mnist") -> list[Part]:
     """The campaign in priority order, one seed a part: the recipe's random-real baseline at IPC 50, IPC 10 (every
-    method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 50 method by
-    method, and the cross-architecture table at IPC 10. ``covariance``: D3HR with ``stats.covariance`` full and
-    lowrank:16 beside the grid's diag cells (paired by seed), and the set quality of every method at IPC 10.
+    method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 10 again
+    without augmentation (ARS), IPC 50 method by method, and the cross-architecture table at IPC 10.
+    ``covariance``: D3HR with ``stats.covariance`` full and lowrank:16 beside the grid's diag cells (paired by
+    seed), and the set quality of every method at IPC 10.
     ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
     of the default rule and K = 31 (paired by seed): per-class caps 50, 100, 300 and every image at IPC 10, every image
     at IPC 50, and K = 10, 15, 20, 25, 40 at IPC 10.
@@ -114,7 +118,7 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
                 "generator.dit.steps=4", "--set", "select.candidates=64", "--set", "diffusion.num_steps=10",
                 "--set", "diffusion.inversion_steps=6")
         return [Part("smoke-a", ("random-real", "base-rs"), 1, (0,), ("dc",), extra=fast, dataset="digits"),
-                Part("smoke-b", ("random-real",), 1, (1,), ("dc",), extra=fast, dataset="digits"),
+                Part("smoke-b", ("random-real",), 1, (1,), ("dc",), extra=fast, dataset="digits", ars=True),
                 Part("smoke-c", ("base-rs",), 1, (0,), ("dc",), dataset="digits", sweep="select.candidates=32",
                      metrics=True, extra=(*fast, "--teacher-epochs", "1"))]
     if name == "covariance":  # the correlated-distributions issue, after the grid's D3HR cells of the same seeds
@@ -137,6 +141,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     parts += [Part(f"ipc10-seed{s}", METHODS, 10, (s,)) for s in range(5)]
     parts += [Part(f"full-seed{s}", ("full",), 10, (s,), ("dc",)) for s in range(3)]
     parts += [Part(f"ipc1-seed{s}", METHODS, 1, (s,)) for s in range(5)]
+    # ARS at IPC 10: the ipc10 parts' cells again without augmentation (the augmented ones are found done)
+    parts += [Part(f"ars-ipc10-seed{s}", METHODS, 10, (s,), ars=True) for s in range(5)]
     for s in range(5):  # random real's hard-label cells at IPC 50 come first (above)
         for m in METHODS:
             soft = m == "random-real"
@@ -157,8 +163,9 @@ def _done(part: Part, results: dict) -> bool:
     rows = results.get("cells", [])
     have = {(r["method"], r["seed"], r["recipe"], r["student"], str(r.get("sweep"))) for r in rows
             if r["ipc"] == part.ipc or r["method"] == "full"}
+    recipes = (*part.recipes, *(f"{r}-noaug" for r in part.recipes)) if part.ars else part.recipes
     want = {(m, s, "dc-full" if m == "full" else r, part.student, str(w)) for m in part.methods for s in part.seeds
-            for r in (("dc",) if m == "full" else part.recipes) for w in part.sweep_values()}
+            for r in (("dc",) if m == "full" else recipes) for w in part.sweep_values()}
     if not want <= have:
         return False
     if not part.metrics:

@@ -222,6 +222,8 @@ def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_ta
     assert set(parts) == {"smoke-a", "smoke-b", "smoke-c"} and all(p["seconds"] > 0 for p in parts.values())
     assert "--seeds 1-1" in parts["smoke-b"]["command"] and (results / "results.md").is_file()
     assert "--sweep select.candidates=32 --metrics" in parts["smoke-c"]["command"]
+    assert parts["smoke-b"]["command"].endswith("--ars")  # and its cell without augmentation, for ARS
+    assert {r["recipe"] for r in table["cells"] if r["seed"] == 1} == {"dc", "dc-noaug"}
     assert _run(*run, "--out", str(tmp_path / "grid")).count("[campaign]") == 0
     assert _run(*run, "--out", str(tmp_path / "elsewhere")).count("[campaign]") == 0
     assert "done" in _run(script, "list", "--plan", "smoke", "--results", str(results)).split("\n")[0]
