@@ -127,12 +127,22 @@ def _errors(t: dict[str, torch.Tensor], full: dict[str, torch.Tensor]) -> dict[s
             "skewness_abs": rms(t["skewness"] - full["skewness"])}
 
 
+def _selection_loss(run: Path, full: dict[str, torch.Tensor], weights: tuple[float, ...]) -> float:
+    """Mean over classes of the group loss of RUN's selected latents, scored against the ``full`` statistics."""
+    from d3hr.distillation.group import group_loss_reference
+    from d3hr.utils.io import load_tensors
+
+    x = load_tensors(run / "selection.safetensors")[0]["latents"].flatten(2).double()  # (C, ipc, D)
+    losses = [float(group_loss_reference(x[c : c + 1], full["mean"][c].double(), full["std"][c].double(),
+                                         full["skewness"][c].double(), weights)[0]) for c in range(len(x))]
+    return sum(losses) / len(losses)
+
+
 def analyse(args: argparse.Namespace) -> None:
     """Step 2: every setting x seed: statistics, their errors, the selection loss against the full statistics,
     then distill (from the injected statistics) and evaluate."""
     from d3hr import api
     from d3hr.distillation import invert
-    from d3hr.distillation.group import group_loss_reference
     from d3hr.distillation.pipeline import Run
     from d3hr.distillation.subsample import make_plan
     from d3hr.evaluation import evaluate
@@ -179,12 +189,7 @@ def analyse(args: argparse.Namespace) -> None:
                         "inversion_seconds": round(n * sec, 1), "errors": _errors(tensors, full_t),
                         "normality_zk": meta["normality_zk"], "real_stage_check": check})
             api.distill(run.cfg)
-            sel = load_tensors(ctx.root / "selection.safetensors")[0]
-            x = sel["latents"].flatten(2).double()  # (C, ipc, D)
-            losses = [float(group_loss_reference(x[c : c + 1], full_t["mean"][c].double(), full_t["std"][c].double(),
-                                                 full_t["skewness"][c].double(), tuple(run.cfg.select.weights))[0])
-                      for c in range(len(x))]
-            row["selection_loss_vs_full"] = sum(losses) / len(losses)
+            row["selection_loss_vs_full"] = _selection_loss(ctx.root, full_t, tuple(run.cfg.select.weights))
             for labels in [x for x in args.labels.split(",") if x]:
                 if f"top1_{labels}" in row:
                     continue
@@ -251,8 +256,6 @@ def write_table(results: Path, ipc: int) -> None:
             by.setdefault(r["setting"], []).append(r)
     out = results / f"ipc{ipc}.md"
 
-    ms = _ms
-
     lines = [f"IPC {data['ipc']}, K = {data['level']}; inversion time = images x "
              f"{1000 * data['seconds_per_image']:.1f} ms (measured, {data['threads_step1']} threads)", "",
              "| per class | images | inversion time | speed-up | mu err (/sigma) | sigma rel. err | gamma abs. err "
@@ -261,11 +264,11 @@ def write_table(results: Path, ipc: int) -> None:
     for setting, rs in by.items():
         imgs = sum(r["images"] for r in rs) / len(rs)
         lines.append(f"| {setting} | {imgs:.0f} | {imgs * data['seconds_per_image'] / 60:.1f} min | "
-                     f"{full_images / imgs:.1f}x | {ms([r['errors']['mean_in_std'] for r in rs], digits=3)} | "
-                     f"{ms([r['errors']['std_rel'] for r in rs], digits=3)} | "
-                     f"{ms([r['errors']['skewness_abs'] for r in rs], digits=3)} | "
-                     f"{ms([r['selection_loss_vs_full'] for r in rs], digits=2)} | "
-                     f"{ms([r.get('top1_soft') for r in rs], 100)} | {ms([r.get('top1_hard') for r in rs], 100)} |")
+                     f"{full_images / imgs:.1f}x | {_ms([r['errors']['mean_in_std'] for r in rs], digits=3)} | "
+                     f"{_ms([r['errors']['std_rel'] for r in rs], digits=3)} | "
+                     f"{_ms([r['errors']['skewness_abs'] for r in rs], digits=3)} | "
+                     f"{_ms([r['selection_loss_vs_full'] for r in rs], digits=2)} | "
+                     f"{_ms([r.get('top1_soft') for r in rs], 100)} | {_ms([r.get('top1_hard') for r in rs], 100)} |")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -274,33 +277,28 @@ def grid(args: argparse.Namespace) -> None:
     """Real runs instead of emulated ones: every D3HR cell at ``--ipc`` of the compare folder ``--out`` without a
     sweep (the default rule) or with an ``invert.per_class`` sweep; the ``all`` cell of the same seed is the
     reference. Writes RESULTS/grid-ipc<IPC>.json and .md."""
-    from d3hr.distillation.group import group_loss_reference
+    from d3hr.config import load_config
     from d3hr.utils.io import load_tensors
 
-    table = json.loads((args.out / "results.json").read_text())
-    top1: dict[tuple, dict[str, float]] = {}
-    for r in table["cells"]:
-        if r["method"] == "d3hr" and r["ipc"] == args.ipc and r["student"] == "convnet":
-            sweep = r["sweep"]
-            if sweep is None or sweep[0] == "invert.per_class":
-                setting = "rule" if sweep is None else str(sweep[1])
-                top1.setdefault((setting, r["seed"]), {})[r["recipe"]] = r["top1"]
+    cells: dict[tuple[str, int], dict[str, Any]] = {}  # (setting, seed) -> its run folder and top-1 per recipe
+    for r in json.loads((args.out / "results.json").read_text())["cells"]:
+        sweep = r["sweep"]
+        if (r["method"], r["ipc"], r["student"]) == ("d3hr", args.ipc, "convnet") and (
+                sweep is None or sweep[0] == "invert.per_class"):
+            cell = cells.setdefault(("rule" if sweep is None else str(sweep[1]), r["seed"]),
+                                    {"run": args.out / "runs" / Path(r["run"]).name, "top1": {}})
+            cell["top1"][r["recipe"]] = r["top1"]
     rows = []
-    for (setting, seed), acc in sorted(top1.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        tail = "" if setting == "rule" else f"-per_class{setting}"  # compare's run-folder names
-        run = args.out / "runs" / f"d3hr-ipc{args.ipc}-seed{seed}{tail}"
-        ref = args.out / "runs" / f"d3hr-ipc{args.ipc}-seed{seed}-per_classall"
-        if not (run / "stats.safetensors").is_file() or not (ref / "stats.safetensors").is_file():
+    for (setting, seed), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        run, ref = cell["run"], cells.get(("all", seed), {}).get("run")
+        if ref is None or not (run / "stats.safetensors").is_file() or not (ref / "stats.safetensors").is_file():
             continue
         stats, full = load_tensors(run / "stats.safetensors")[0], load_tensors(ref / "stats.safetensors")[0]
-        stages = json.loads((run / "stages.json").read_text())
-        x = load_tensors(run / "selection.safetensors")[0]["latents"].flatten(2).double()  # (C, ipc, D)
-        weights = tuple(yaml_weights(run))
-        losses = [float(group_loss_reference(x[c : c + 1], full["mean"][c].double(), full["std"][c].double(),
-                                             full["skewness"][c].double(), weights)[0]) for c in range(len(x))]
+        weights = tuple(load_config(run / "config.yaml").select.weights)
         rows.append({"setting": setting, "seed": seed, "images": int(stats["count"].sum()),
-                     "inversion_seconds": stages["invert"]["seconds"], "errors": _errors(stats, full),
-                     "selection_loss_vs_full": sum(losses) / len(losses), "top1": acc})
+                     "inversion_seconds": json.loads((run / "stages.json").read_text())["invert"]["seconds"],
+                     "errors": _errors(stats, full), "selection_loss_vs_full": _selection_loss(run, full, weights),
+                     "top1": cell["top1"]})
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"grid-ipc{args.ipc}.json").write_text(json.dumps({"ipc": args.ipc, "rows": rows}, indent=1) + "\n")
@@ -327,13 +325,6 @@ def grid(args: argparse.Namespace) -> None:
                      + " | ".join(_ms([r["top1"].get(k) for r in rs], 100) for k in recipes) + " |")
     (results / f"grid-ipc{args.ipc}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def yaml_weights(run: Path) -> list[float]:
-    """select.weights of a run folder's resolved config."""
-    import yaml
-
-    return list(yaml.safe_load((run / "config.yaml").read_text())["select"]["weights"])
 
 
 def _ms(vals: list[float | None], scale: float = 1.0, digits: int = 1) -> str:

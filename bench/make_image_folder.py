@@ -71,7 +71,7 @@ def write_mnist_5k(out: Path, csv: Path, train_per_class: int, test_per_class: i
     images, labels = read_mnist_5k(csv)
     rng = np.random.default_rng(seed)
     written = 0
-    for c in range(10):
+    for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if len(idx) < train_per_class + test_per_class:
             raise SystemExit(f"class {c} has {len(idx)} images, fewer than {train_per_class} + {test_per_class}")

@@ -158,6 +158,8 @@ def test_invert_subsample_reads_real_runs_of_a_compare_folder(tmp_path):
     assert rows["20"]["images"] == 200 and rows["all"]["images"] == 600  # data.limit=600: 60 a class
     assert rows["all"]["errors"] == {"mean_in_std": 0.0, "std_rel": 0.0, "skewness_abs": 0.0}
     assert rows["20"]["errors"]["mean_in_std"] > 0 and rows["rule"]["images"] < 600
+    own = json.loads((tmp_path / "grid" / "runs" / "d3hr-ipc2-seed0-per_classall" / "stages.json").read_text())
+    assert rows["all"]["selection_loss_vs_full"] == pytest.approx(own["select"]["mean_loss"], rel=1e-4)
     assert all(0 <= r["top1"]["dc"] <= 1 for r in rows.values())
     assert "| rule | 1 |" in out and (tmp_path / "results" / "grid-ipc2.md").is_file()
 
