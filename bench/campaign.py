@@ -14,8 +14,9 @@ teacher are rebuilt by the first part that needs them).
     python bench/campaign.py run --out /work/grid --only ipc10     # parts whose name starts with this
     python bench/campaign.py run --out /work/grid --plan subsample # other plans, into the same OUT (paired by seed)
 
-A part starts only when its estimate (minutes per cell below, measured on this 2-core machine at 2 threads) fits
-before ``--until``; one that is stopped resumes from its cells' checkpoints next time.
+A part starts only when the estimate of its missing cells (minutes per cell below, measured on this 2-core machine
+at 2 threads) fits before ``--until`` (the next such clock time, tomorrow's when it has passed today); one that is
+stopped resumes from its cells' checkpoints next time.
 """
 
 from __future__ import annotations
@@ -90,17 +91,19 @@ class Part:
             cmd += ["--ars"]
         return cmd
 
-    def minutes(self) -> float:
-        cells = [m for m in self.methods if m != "full"]
-        est = (sum(MINUTES.get((r, self.ipc), 1.0) for r in self.recipes) * len(cells) * len(self.seeds)
-               * len(self.sweep_values()))
+    def minutes(self, results: dict | None = None) -> float:
+        """Estimated wall minutes of what is still missing from ``results`` (a compare results.json; None: all)."""
+        have = _trained(results or {})
+        missing = _wanted(self) - have
+        est = sum(FULL_MINUTES if r == "dc-full" else MINUTES.get((r.removesuffix("-noaug"), self.ipc), 1.0)
+                  for (_m, _i, _s, r, _st, _w) in missing)
         if self.metrics:
-            est += METRICS_MINUTES * len(cells) * len(self.seeds) * len(self.sweep_values())
-        if "full" in self.methods:
-            est += FULL_MINUTES * len(self.seeds)
+            est += METRICS_MINUTES * len(_wanted_quality(self) - _quality(results or {}))
         if self.student != "convnet":
             est *= 4.0  # deeper students: a rough factor until measured
-        return est + self.once_minutes
+        if self.once_minutes and not (_wanted(self) & have):
+            est += self.once_minutes  # the cache comes with the part's first cell
+        return est
 
 
 def plan(name: str = "fashion-mnist") -> list[Part]:
@@ -157,23 +160,37 @@ def _load(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def _wanted(part: Part) -> set[tuple]:
+    """The part's training cells as (method, IPC, seed, recipe, student, sweep value) keys; the full-data row has no
+    IPC."""
+    recipes = (*part.recipes, *(f"{r}-noaug" for r in part.recipes)) if part.ars else part.recipes
+    return {(m, None if m == "full" else part.ipc, s, "dc-full" if m == "full" else r, part.student, str(w))
+            for m in part.methods for s in part.seeds for r in (("dc",) if m == "full" else recipes)
+            for w in part.sweep_values()}
+
+
+def _trained(results: dict) -> set[tuple]:
+    """The training cells a compare results.json has rows for, keyed as ``_wanted`` keys them."""
+    return {(r["method"], None if r["method"] == "full" else r["ipc"], r["seed"], r["recipe"], r["student"],
+             str(r.get("sweep"))) for r in results.get("cells", [])}
+
+
+def _wanted_quality(part: Part) -> set[tuple]:
+    return {(m, part.ipc, s, str(w)) for m in part.methods if m != "full" for s in part.seeds
+            for w in part.sweep_values()}
+
+
+def _quality(results: dict) -> set[tuple]:
+    return {(q["method"], q["ipc"], q["seed"], str(q.get("sweep")))
+            for q in results.get("set_metrics", {}).get("cells", [])}
+
+
 def _done(part: Part, results: dict) -> bool:
     """Every (method, seed, recipe, sweep value) of the part has a row in results.json (and a set-quality cell when
     the part computes metrics)."""
-    rows = results.get("cells", [])
-    have = {(r["method"], r["seed"], r["recipe"], r["student"], str(r.get("sweep"))) for r in rows
-            if r["ipc"] == part.ipc or r["method"] == "full"}
-    recipes = (*part.recipes, *(f"{r}-noaug" for r in part.recipes)) if part.ars else part.recipes
-    want = {(m, s, "dc-full" if m == "full" else r, part.student, str(w)) for m in part.methods for s in part.seeds
-            for r in (("dc",) if m == "full" else recipes) for w in part.sweep_values()}
-    if not want <= have:
+    if not _wanted(part) <= _trained(results):
         return False
-    if not part.metrics:
-        return True
-    quality = {(q["method"], q["ipc"], q["seed"], str(q.get("sweep")))
-               for q in results.get("set_metrics", {}).get("cells", [])}
-    return {(m, part.ipc, s, str(w)) for m in part.methods if m != "full" for s in part.seeds
-            for w in part.sweep_values()} <= quality
+    return not part.metrics or _wanted_quality(part) <= _quality(results)
 
 
 def _results(part: Part, base: Path) -> dict:
@@ -184,9 +201,13 @@ def list_parts(results: Path, name: str) -> None:
     record = _load(results / "parts.json")
     hours = sum(p["seconds"] * p["threads"] for p in record.values()) / 3600
     for part in plan(name):
-        state = "done" if _done(part, _results(part, results)) else "todo"
+        table = _results(part, results)
+        state = "done" if _done(part, table) else "todo"
         took = record.get(part.name, {}).get("seconds")
-        shown = f"{took / 60:.0f} min" if took else f"~{part.minutes():.0f} min (estimate)"
+        if took:
+            shown = f"{took / 60:.0f} min"
+        else:
+            shown = "not timed (before parts.json)" if state == "done" else f"~{part.minutes(table):.0f} min (estimate)"
         print(f"{part.name:<28} {state:<5} {shown}")
     print(f"{hours:.2f} CPU hours recorded (wall seconds x threads)")
 
@@ -204,10 +225,11 @@ def run_parts(args: argparse.Namespace) -> None:
         if not (where / "results.json").exists() and (kept / "results.json").is_file():
             where.mkdir(parents=True, exist_ok=True)
             shutil.copy2(kept / "results.json", where / "results.json")  # the rows of earlier parts, anywhere
-        if _done(part, _results(part, out)):
+        table = _results(part, out)
+        if _done(part, table):
             continue
-        if until is not None and time.time() + 60 * part.minutes() > until:
-            print(f"[campaign] {part.name}: ~{part.minutes():.0f} min does not fit before --until; stopping")
+        if until is not None and time.time() + 60 * part.minutes(table) > until:
+            print(f"[campaign] {part.name}: ~{part.minutes(table):.0f} min does not fit before --until; stopping")
             break
         print(f"[campaign] {part.name}: {' '.join(part.command(out)[3:])}", flush=True)
         start = time.monotonic()
@@ -226,12 +248,14 @@ def run_parts(args: argparse.Namespace) -> None:
 
 
 def _deadline(text: str | None) -> float | None:
-    """'17:10' today (local time) as a Unix time; None for no limit."""
+    """'17:10' (local time) as a Unix time: the next such time, so '00:30' given at 23:50 is 40 minutes away; None for
+    no limit."""
     if not text:
         return None
     hh, mm = (int(v) for v in text.split(":"))
     now = datetime.datetime.now()
-    return now.replace(hour=hh, minute=mm, second=0, microsecond=0).timestamp()
+    when = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
+    return (when + datetime.timedelta(days=1) if when <= now else when).timestamp()
 
 
 def main() -> None:

@@ -229,3 +229,36 @@ def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_ta
     assert _run(*run, "--out", str(tmp_path / "grid")).count("[campaign]") == 0
     assert _run(*run, "--out", str(tmp_path / "elsewhere")).count("[campaign]") == 0
     assert "done" in _run(script, "list", "--plan", "smoke", "--results", str(results)).split("\n")[0]
+
+
+def _campaign_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("campaign", BENCH / "campaign.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["campaign"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_campaign_estimates_only_what_is_missing_and_deadlines_roll_past_midnight():
+    """A part's estimate counts the cells results.json lacks (and the one-off cache only before its first cell); an
+    --until earlier than now means tomorrow."""
+    import datetime
+
+    c = _campaign_module()
+    part = c.Part("p", ("d3hr", "random-real"), 10, (0,), ("dc", "rded"), once_minutes=35.0, metrics=True)
+    per_cell = c.MINUTES[("dc", 10)] + c.MINUTES[("rded", 10)]
+    assert part.minutes({}) == pytest.approx(2 * per_cell + 2 * c.METRICS_MINUTES + 35.0)
+    row = {"method": "d3hr", "ipc": 10, "seed": 0, "student": "convnet", "sweep": None}
+    table = {"cells": [{**row, "recipe": "dc"}, {**row, "recipe": "rded"}]}
+    assert part.minutes(table) == pytest.approx(per_cell + 2 * c.METRICS_MINUTES)  # no cache: it was built
+    assert part.minutes({"cells": [{**row, "ipc": 50, "recipe": "dc"}]}) == pytest.approx(part.minutes({}))
+    table["cells"] += [{**row, "method": "random-real", "recipe": r} for r in ("dc", "rded")]
+    table["set_metrics"] = {"cells": [{"method": m, "ipc": 10, "seed": 0, "sweep": None} for m in part.methods]}
+    assert part.minutes(table) == 0.0 and c._done(part, table)
+    ars = c.Part("a", ("d3hr",), 10, (0,), ("dc",), ars=True)
+    assert ars.minutes(table) == pytest.approx(c.MINUTES[("dc", 10)]) and not c._done(ars, table)
+    soon = datetime.datetime.now() - datetime.timedelta(minutes=5)
+    wait = c._deadline(f"{soon.hour:02d}:{soon.minute:02d}") - datetime.datetime.now().timestamp()
+    assert 23 * 3600 < wait <= 24 * 3600
