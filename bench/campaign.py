@@ -111,7 +111,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 10 again
     without augmentation (ARS), IPC 50 method by method, and the cross-architecture table at IPC 10.
     ``covariance``: D3HR with ``stats.covariance`` full and lowrank:16 beside the grid's diag cells (paired by
-    seed), and the set quality of every method at IPC 10.
+    seed), the set quality of every method at IPC 10, and d3hr-herd (group sampling, then herding of the generated
+    pool on the teacher's features) beside them.
     ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
     of the default rule and K = 31 (paired by seed): per-class caps 50, 100, 300 and every image at IPC 10, every image
     at IPC 50, and K = 10, 15, 20, 25, 40 at IPC 10.
@@ -130,6 +131,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
         parts += [Part(f"metrics-ipc10-seed{s}", METHODS, 10, (s,), metrics=True) for s in range(5)]
         parts += [Part(f"cov-metrics-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep=forms, metrics=True)
                   for s in range(5)]
+        # the issue's fifth idea, d3hr's own: a generated pool per class, kept by herding on the teacher's features
+        parts += [Part(f"herd-ipc10-seed{s}", ("d3hr-herd",), 10, (s,)) for s in range(5)]
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
         return parts

@@ -36,7 +36,8 @@ from d3hr.utils.schema import COMPARE_RESULTS, check
 
 FULL = "full"  # the upper bound: the student on the whole training set with the hard-label recipe
 RANDOM = "random-real"  # DD-Ranking's reference: random real subsets of the same size
-PAIRED = (("d3hr", "base-rs"), ("d3hr", "random-real"))  # compared seed by seed (see paired_differences)
+PAIRED = (("d3hr", "base-rs"), ("d3hr", "random-real"),  # compared seed by seed (see paired_differences)
+          ("d3hr-herd", "d3hr"), ("d3hr-herd", "random-real"), ("d3hr-herd", "herding"))
 QUALITY = ("fid", "precision", "recall", "density", "coverage", "diversity", "real_diversity")  # overall readouts
 
 
@@ -333,7 +334,8 @@ def _by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> dict[int,
 def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-seed differences of top-1 (points) with a 95% t-interval of their mean; ``significant`` only when it
     excludes 0. Pairs, each within one (IPC, recipe, epochs): the methods of ``PAIRED`` under the same sweep value
-    (D3HR and Base-RS share candidate pools and seeds; D3HR and random real share the student's seed), and every
+    (D3HR and Base-RS share candidate pools and seeds; D3HR and random real share the student's seed; d3hr-herd is
+    set against D3HR, random real and herding, the baseline that selects with the same teacher), and every
     swept row against the same method without a sweep (e.g. ``stats.covariance=full`` against the default ``diag``,
     same seeds and candidate draws) and against random real without a sweep."""
     groups = sorted({(r["method"], _group(r)) for r in rows}, key=str)

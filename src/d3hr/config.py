@@ -171,13 +171,14 @@ class StatsConfig:
 class SelectConfig:
     """What is distilled: a method of the registry (d3hr.distillation.methods; `d3hr methods` lists them)."""
 
-    method: str = "d3hr"  # d3hr | base-rs | random-real | herding | kmeans-latent | base-ddpm
+    method: str = "d3hr"  # d3hr | base-rs | random-real | herding | kmeans-latent | base-ddpm | d3hr-herd
     ipc: int = 10
     candidates: int = 10000  # m: candidate groups per class
     weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 0.5])  # lambda_mu, lambda_sigma, lambda_gamma
     pools: int | None = None  # independent candidate pools shared by classes; None: one per class
     chunk: int = 1024  # candidates scored at once (memory only; never changes the result)
     allow_short_classes: bool = False  # distill classes with fewer training images than ipc (recorded in manifest)
+    herd_pool: int = 10  # d3hr-herd: generated candidates per class, as a multiple of ipc
 
 
 @dataclass
@@ -462,6 +463,7 @@ def validate(cfg: Config) -> None:
                              "d3hr distill does not make it"),
         (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),
         (s.candidates >= 1, f"select.candidates must be >= 1, got {s.candidates}"),
+        (s.herd_pool >= 1, f"select.herd_pool must be >= 1, got {s.herd_pool}"),
         (s.chunk >= 1, f"select.chunk must be >= 1, got {s.chunk}"),
         (s.pools is None or s.pools >= 1, f"select.pools must be >= 1, got {s.pools}"),
         (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),

@@ -51,6 +51,18 @@ def test_herding_mean_is_closer_to_the_class_mean_than_random_subsets():
     assert sorted(herding_indices(feats[:4], 10).tolist()) == [0, 1, 2, 3]  # k > n: every row once
 
 
+def test_herding_toward_a_given_target_tracks_it_not_the_rows_mean():
+    """d3hr-herd herds generated rows toward the mean of real ones: a target away from the rows' own mean."""
+    g = torch.Generator().manual_seed(2)
+    feats = torch.randn(300, 8, generator=g)  # (n, D), mean about 0
+    target = torch.full((8,), 0.6)
+    to_target = herding_indices(feats, 10, target=target)
+    to_own = herding_indices(feats, 10)
+    assert (feats[to_target].mean(0) - target).norm() < 0.35 < 1.5 < (feats[to_own].mean(0) - target).norm()
+    assert int(herding_indices(feats, 1, target=feats[17])[0]) == 17  # the row at the target comes first
+    assert torch.equal(herding_indices(feats, 10, target=feats.mean(0)), to_own)  # the default target
+
+
 def test_kmeans_returns_k_centroids_deterministically():
     g = torch.Generator().manual_seed(1)
     centers = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
@@ -93,8 +105,8 @@ def test_penultimate_features_are_the_input_of_the_last_linear_layer():
 
 
 # ----- through the CLI -----------------------------------------------------------------------------------------
-def _distill(run: Path, method: str) -> int:
-    sets = [a for s in FAST_TRAIN for a in ("--set", s)]
+def _distill(run: Path, method: str, *more: str) -> int:
+    sets = [a for s in (*FAST_TRAIN, *more) for a in ("--set", s)]
     return main(["distill", "--dataset", "digits", "--ipc", str(IPC), "--method", method, "--out", str(run), *sets])
 
 
@@ -211,7 +223,7 @@ def test_full_and_unknown_methods_give_one_line_errors(tmp_path, capsys):
     assert main(["distill", "--out", str(tmp_path / "x"), "--method", "herd"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("d3hr: error: select.method must be one of d3hr, base-rs, random-real, herding, kmeans-latent, "
-                   "base-ddpm, got 'herd'")
+                   "base-ddpm, d3hr-herd, got 'herd'")
     assert not (tmp_path / "x" / "config.yaml").exists()
 
 
@@ -231,3 +243,40 @@ def test_herding_selects_again_when_the_teacher_changes(root, tmp_path, monkeypa
     assert "[select] unchanged" not in capsys.readouterr().err
     after = json.loads((run / "manifest.json").read_text())["method_details"]["teacher_sha256"]
     assert after != before
+
+
+def _class_hashes(run: Path) -> list[list[str]]:
+    """Per class folder, the sorted sha256 of its PNGs' bytes: the images as a set, whatever their order."""
+    import hashlib
+
+    return [sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in f.glob("*.png"))
+            for f in sorted((run / "images").iterdir())]
+
+
+def test_d3hr_herd_keeps_the_pool_members_that_track_the_real_class_mean(root, tmp_path, monkeypatch):
+    """d3hr-herd: IPC images per class out of a generated pool of herd_pool x IPC, chosen by herding on the teacher's
+    features toward the real class mean (closer to it than pool members taken as drawn); with a pool of IPC it keeps
+    D3HR's own group, image for image."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(root / "cache-herding", cache)  # the 2-epoch teacher; the generator is trained here
+    monkeypatch.setenv("D3HR_CACHE", str(cache))
+    run = tmp_path / "herd"
+    assert _distill(run, "d3hr-herd", "select.herd_pool=4") == 0
+    sel, meta = load_tensors(run / "selection.safetensors")
+    assert sel["latents"].shape == (10, IPC, 4, 4, 4) and meta["herd_pool"] == 4
+    index = sel["pool_index"]  # (C, ipc) positions in the pool of 4 x IPC
+    assert index.shape == (10, IPC) and int(index.min()) >= 0 and int(index.max()) < 4 * IPC
+    assert all(len(set(row.tolist())) == IPC for row in index)
+    details = json.loads((run / "manifest.json").read_text())["method_details"]
+    assert details["teacher_epochs"] == 2 and details["pool"] == 4 * IPC
+    gap = details["feature_gap"]
+    assert gap["herded"] < gap["first_ipc"]
+    herded, drawn = details["feature_gap_per_class"]["herded"], details["feature_gap_per_class"]["first_ipc"]
+    assert sum(h < d for h, d in zip(herded, drawn)) >= 8  # herding wins in (nearly) every class
+    assert [len(h) for h in _class_hashes(run)] == [IPC] * 10
+    same, d3hr = tmp_path / "pool-of-ipc", tmp_path / "d3hr"
+    assert _distill(same, "d3hr-herd", "select.herd_pool=1") == 0
+    assert _distill(d3hr, "d3hr") == 0
+    assert _class_hashes(same) == _class_hashes(d3hr)  # the same group, only reordered by herding

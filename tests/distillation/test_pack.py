@@ -64,7 +64,8 @@ def packed(root) -> Path:
 
 
 @pytest.mark.parametrize("method,form", [("d3hr", "statistics"), ("base-rs", "statistics"),
-                                         ("random-real", "images"), ("kmeans-latent", "latents")])
+                                         ("random-real", "images"), ("kmeans-latent", "latents"),
+                                         ("d3hr-herd", "latents")])
 def test_pack_unpack_round_trip_is_byte_identical(root, method, form):
     import d3hr
 
@@ -236,3 +237,18 @@ def test_evaluate_verify_and_report_accept_the_unpacked_folder(packed, tmp_path)
     out = d3hr.evaluate(run, labels="hard", epochs=1, seeds=1)
     assert out["trained"] == 1 and 0 <= out["summary"]["top1_mean"] <= 1
     assert write_report(run).is_file()
+
+
+def test_a_set_drawn_with_a_covariance_model_packs_as_latents_and_unpacks_identically(root):
+    """x = mu + L z is kept as latents (no count in a group selection: ipc per class)."""
+    import d3hr
+
+    run = root / "d3hr-lowrank"
+    sets = [a for s in (*SETS, "stats.covariance=lowrank:4") for a in ("--set", s)]
+    assert main(["distill", "--dataset", "digits", "--ipc", str(IPC), "--method", "d3hr", "--generator",
+                 str(root / "gen0"), "--guidance", "1", "--out", str(run), *sets]) == 0
+    out = d3hr.pack(run, root / "lowrank.d3hr")
+    pack = load_pack(out["pack"])
+    assert out["form"] == "latents" and torch.equal(pack.tensors["count"], torch.full((10,), IPC))
+    report = d3hr.unpack(out["pack"], root / "lowrank-unpacked")
+    assert report["identical"] == 10 * IPC and _images(root / "lowrank-unpacked") == _images(run)

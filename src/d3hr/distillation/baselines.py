@@ -2,7 +2,8 @@
 
 - random-real: ``ipc`` real training images per class, drawn uniformly without replacement.
 - herding: greedy herding (Welling 2009, as in iCaRL and the DC benchmark) on features of a fixed network: each step
-  adds the image that brings the mean of the chosen features closest to the class mean.
+  adds the image that brings the mean of the chosen features closest to the class mean (d3hr-herd herds generated
+  images toward the real class mean with the same function).
 - kmeans-latent: k-means (k = ipc) on the VAE latents of a class; the centroids are decoded (D4M without Stable
   Diffusion).
 - base-ddpm: real latents noised forward to grid level K, ``z_K = sqrt(a_K) z0 + sqrt(1 - a_K) eps``, then sampled
@@ -25,14 +26,15 @@ def random_subset(n: int, k: int, seed: int, c: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator_for(seed, "random-real", c))[:k]
 
 
-def herding_indices(features: torch.Tensor, k: int) -> torch.Tensor:
-    """Greedy herding: ``min(k, n)`` distinct rows of ``features`` (n, D) whose running mean tracks the mean of all.
+def herding_indices(features: torch.Tensor, k: int, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy herding: ``min(k, n)`` distinct rows of ``features`` (n, D) whose running mean tracks ``target`` (D,),
+    by default the mean of all rows.
 
-    Step i adds the row f minimising ||(i + 1) mu - (sum of chosen rows) - f||, i.e. the distance between the class
-    mean and the mean of the i + 1 chosen rows (ties: the lowest index). Returns the chosen row indices in order.
+    Step i adds the row f minimising ||(i + 1) mu - (sum of chosen rows) - f||, i.e. the distance between mu and the
+    mean of the i + 1 chosen rows (ties: the lowest index). Returns the chosen row indices in order.
     """
     x = features.double()  # (n, D)
-    mu = x.mean(dim=0)  # (D,)
+    mu = x.mean(dim=0) if target is None else target.double()  # (D,)
     total = torch.zeros_like(mu)
     free = torch.ones(len(x), dtype=torch.bool)
     chosen = []

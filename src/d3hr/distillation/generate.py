@@ -15,6 +15,7 @@ from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_sample
 from d3hr.distillation.context import Context
 from d3hr.errors import D3HRError
+from d3hr.generator.model import Generator
 from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs
 from d3hr.utils.io import load_tensors, read_json, replace_dir, sha256_json, write_json
 from d3hr.utils.progress import progress
@@ -37,6 +38,18 @@ def _key_of(record: Any) -> Any:
     return record.get("key") if isinstance(record, dict) else None
 
 
+def render(ctx: Context, gen: Generator, zk: torch.Tensor, label: torch.Tensor | int, level: int,
+           save_size: int | None = None) -> torch.Tensor:
+    """Latents ``zk`` (b, c, h, w) at grid level ``level`` of one class (the generator's label ``label``),
+    DDIM-sampled to level 0 and decoded: uint8 images (b, C, s, s) at the data's resolution and channels (or
+    ``save_size``), exactly what the generate stage saves for them."""
+    ds = ctx.train_set
+    y = torch.full((len(zk),), int(label), dtype=torch.long)
+    x = gen.decode(ddim_sample(ctx.eps_fn(gen), zk, y, ctx.grid(gen), level)).cpu()  # (b, C_gen, S, S)
+    x = match_channels(x, ds.channels)  # an RGB generator on a grayscale dataset: luma
+    return fit_to_saved(x, ds.resolution, ctx.cfg.data.fit, save_size)
+
+
 def run(ctx: Context, previous: str | None) -> str:
     """Write RUN/images/<i>_<class>/NNNNN.png (skipped when unchanged); returns the stage's key."""
     key = stage_key(ctx, previous)
@@ -54,7 +67,6 @@ def run(ctx: Context, previous: str | None) -> str:
             raise D3HRError(f"selection latents have shape {tuple(latents.shape[2:])} but the generator takes "
                             f"{gen.latent_shape}")
         labels_map = ctx.class_labels(gen)
-        grid, eps_fn = ctx.grid(gen), ctx.eps_fn(gen)
     # A finished class is a folder in images.partial (written whole, then renamed); .key.json says which
     # selection and settings the folder belongs to.
     partial = ctx.root / IMAGES_PARTIAL
@@ -80,13 +92,10 @@ def run(ctx: Context, previous: str | None) -> str:
             if latents is None:
                 x = fit_to_model(ds.load(tensors["image_index"][c, i : min(i + bs, n)].numpy()), ds.resolution,
                                  fit)  # (b, C, s, s) at the dataset's resolution
+                images.append(fit_to_saved(x, ds.resolution, fit, save_size))
             else:
-                zk = latents[c, i : min(i + bs, n)]
-                y = labels_map[torch.full((len(zk),), c)]
-                x = gen.decode(ddim_sample(eps_fn, zk, y, grid, k)).cpu()  # (b, C_gen, S, S)
-                x = match_channels(x, ds.channels)  # an RGB generator on a grayscale dataset: luma
-            images.append(fit_to_saved(x, ds.resolution, fit, save_size))
-            bar.update(len(x))
+                images.append(render(ctx, gen, latents[c, i : min(i + bs, n)], labels_map[c], k, save_size))
+            bar.update(len(images[-1]))
         save_class_pngs(partial / folders[c], torch.cat(images))
     bar.close()
     ctx.world.barrier()

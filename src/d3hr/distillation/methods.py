@@ -3,7 +3,8 @@
 A method is one decorated select function (``@register_method``) that writes RUN/selection.safetensors and returns
 the details recorded in stages.json and the manifest. Its spec says whether the pipeline must provide a generator
 and the inverted per-class statistics, the latent level its selection is at, and the config fields its stage key
-hashes. ``d3hr methods`` lists them; d3hr.distillation.select registers the built-in six.
+hashes. ``d3hr methods`` lists them; d3hr.distillation.select registers the built-in ones (the paper's D3HR and
+Base-RS, four baselines, and d3hr-herd).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ the images and checks each against its sha256. ``SET.d3hr`` holds (C classes, D 
     skewness     (C, D) float16   d3hr only: the choice alone reads it, and float16 makes the same choice
                                   (tests/distillation/test_pack.py); Base-RS takes candidate 0 and reads none
     index, pool  (C,) int64       the chosen candidate and the pool it was drawn from (group.chosen_candidates)
-  form 'latents' (kmeans-latent, base-ddpm: not a function of the statistics):
+  form 'latents' (kmeans-latent, base-ddpm, d3hr-herd, any covariance model: not a function of the statistics):
     latents      (C, ipc, c, h, w) float32, count (C,) int64
   form 'images' (random-real, herding: training images):
     image_index  (C, ipc) int64 into the training set (its identity in the metadata), count (C,) int64
@@ -56,7 +56,7 @@ CONFIG_FIELDS = ("seed", "data.name", "data.root", "data.limit", "data.resolutio
                  "data.fit", "data.fingerprint", "generator.class_map", "diffusion.num_steps",
                  "diffusion.inversion_steps", "diffusion.guidance_scale", "diffusion.precision", "select.method",
                  "select.ipc", "select.candidates", "select.weights", "select.pools", "select.allow_short_classes",
-                 "generate.batch_size", "generate.save_size")
+                 "select.herd_pool", "generate.batch_size", "generate.save_size")
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     if form == "statistics":
         tensors |= _statistics(root, manifest, sel, sel_meta)
     else:
-        tensors["count"] = sel["count"]
+        tensors["count"] = sel.get("count", torch.full((len(classes),), cfg.select.ipc))  # group draws: ipc each
         tensors |= {"latents": sel["latents"].float()} if form == "latents" else {"image_index": sel["image_index"]}
     generator = None
     if spec.needs_generator:

@@ -1,9 +1,11 @@
-"""The select stage and the built-in methods: D3HR's group sampling, Base-RS, and four baselines.
+"""The select stage and the built-in methods: D3HR's group sampling, Base-RS, four baselines, and d3hr-herd.
 
 Each method is one function registered with ``@register_method`` (d3hr.distillation.methods). D3HR and Base-RS pick
 latents from the per-class statistics of the invert stage (level K); random-real and herding pick real training
 images (no generator); kmeans-latent decodes k-means centroids of VAE latents (level 0) and base-ddpm noises real
-latents forward to level K (the paper's Base-DDPM ablation). Every method writes RUN/selection.safetensors.
+latents forward to level K (the paper's Base-DDPM ablation); d3hr-herd (this project's, not the paper's) generates a
+group-sampled pool and keeps the members a teacher sees closest to the real class. Every method writes
+RUN/selection.safetensors.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from d3hr.distillation.baselines import (
 )
 from d3hr.distillation.context import Context, short_classes
 from d3hr.distillation.covariance import read_root
+from d3hr.distillation.generate import render
 from d3hr.distillation.group import DRAWS, select_groups
 from d3hr.distillation.methods import register_method
 from d3hr.errors import D3HRError
@@ -73,8 +76,10 @@ def run(ctx: Context, previous: str | None) -> str:
 
 
 # ----- group sampling in the inverted domain ---------------------------------------------------------------------
-def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
-    """Group sampling (or one random group) of IPC latents per class from RUN/stats.safetensors.
+def _draw(ctx: Context, strategy: str, ipc: int) -> tuple[Any, dict[str, Any], torch.Tensor, dict[str, Any]] | None:
+    """Group sampling (or one random group) of ``ipc`` latents per class from RUN/stats.safetensors, gathered on
+    the main process (None elsewhere): the selection (``x`` (C, ipc, D) in latent coordinates), the statistics'
+    metadata, the class means (C, D) and what a covariance model adds to the record.
 
     With a covariance model (stats.covariance full or lowrank:R, d3hr.distillation.covariance) the candidates z are
     scored in the whitened coordinates, against mean 0, std 1 and the class's ``skewness_white``, and the chosen
@@ -82,7 +87,7 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     s = ctx.cfg.select
     tensors, meta = load_tensors(ctx.root / STATS)
     mean, std, skew = tensors["mean"], tensors["std"], tensors["skewness"]
-    short = short_classes(meta["classes"], tensors["count"].tolist(), s.ipc, s.allow_short_classes)
+    meta["short_classes"] = short_classes(meta["classes"], tensors["count"].tolist(), s.ipc, s.allow_short_classes)
     for name, t in (("mean", mean), ("std", std), ("skewness", skew)):
         if not torch.isfinite(t).all():
             c = int((~torch.isfinite(t)).any(dim=1).nonzero()[0])
@@ -93,13 +98,13 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     bar = progress(len(mean), f"select ({strategy}, m={s.candidates if strategy == 'group' else 1})", "class")
     num_pools = len(mean) if s.pools is None else min(s.pools, len(mean))
     mine = ctx.world.shard(range(num_pools))  # whole pools per process: the same arithmetic as one process
-    part = select_groups(*scored, s.ipc, s.candidates, tuple(s.weights), ctx.cfg.seed, s.pools, s.chunk, strategy,
+    part = select_groups(*scored, ipc, s.candidates, tuple(s.weights), ctx.cfg.seed, s.pools, s.chunk, strategy,
                          progress=bar.update, pool_ids=mine)
     bar.close()
     cls = [c for c in range(len(mean)) if c % num_pools in mine]
     parts = ctx.world.all_gather((cls, part.x[cls], part.index[cls], part.loss[cls], part.loss_first[cls]))
     if not ctx.world.is_main:
-        return {}
+        return None
     sel = part
     for c_idx, x, index, loss, loss_first in parts:
         sel.x[c_idx], sel.index[c_idx], sel.loss[c_idx], sel.loss_first[c_idx] = x, index, loss, loss_first
@@ -108,6 +113,17 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
         sel.x = mean.float()[:, None, :] + root.color(sel.x)  # (C, ipc, D) x = mu + L z
         extra = {"covariance": meta["covariance"],
                  "color": "x = mean + L z, L = cov_factor (full) or the low-rank root (d3hr.distillation.covariance)"}
+    return sel, meta, mean, extra
+
+
+def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
+    """Group sampling (or one random group) of IPC latents per class (``_draw``), written as the selection."""
+    s = ctx.cfg.select
+    drawn = _draw(ctx, strategy, s.ipc)
+    if drawn is None:
+        return {}
+    sel, meta, mean, extra = drawn
+    short = meta["short_classes"]
     tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *meta["latent_shape"]), "index": sel.index,
                "pool": sel.pool, "loss": sel.loss, "loss_first": sel.loss_first}
     save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": strategy,
@@ -118,7 +134,7 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
         f"({100 * gain:.1f}% under a single random group)")
     return {"mean_loss": float(sel.loss.mean()), "mean_loss_gain_over_first": gain, "short_classes": short,
-            **({} if root is None else {"covariance": meta["covariance"]})}
+            **({} if "covariance" not in extra else {"covariance": meta["covariance"]})}
 
 
 @register_method("d3hr", needs_generator=True, needs_inversion=True, level="K",
@@ -245,3 +261,65 @@ def base_ddpm(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     details = {"latents": "VAE posterior mean z0", "images": RANDOM_DRAW, "level": level, "alpha": alpha,
                "eps": "randn seeded by sha256('seed:base-ddpm:c')"}
     return _write_rows(ctx, out, key, index_rows, latent_rows, details)
+
+
+# ----- d3hr's own: group sampling, then herding on the generated pool -----------------------------------------------
+@register_method("d3hr-herd", needs_generator=True, needs_inversion=True, level="K",
+                 key_fields=("seed", *_SELECT, "select.candidates", "select.weights", "select.pools",
+                             "select.herd_pool", "diffusion.precision", "data.fit"),
+                 key_inputs=lambda ctx: {"teacher_sha256": _herding_teacher(ctx)[1]["sha256"]})
+def d3hr_herd(ctx: Context, out: Path, key: str) -> dict[str, Any]:
+    """D3HR + herding (d3hr's own): a generated pool of herd_pool x IPC per class, IPC kept by feature herding.
+
+    Not the paper's method: group sampling draws the pool, herding toward the real class mean keeps IPC of it.
+
+    The pool is one group of P = ``select.herd_pool`` x IPC members chosen by D3HR's group sampling (its moments
+    match the class's in the inverted domain; with stats.covariance it is coloured as for d3hr). Every member is
+    DDIM-sampled and decoded as the generate stage would, and greedy herding (``herding_indices``) on the evaluation
+    teacher's penultimate features picks IPC of them whose feature mean tracks the mean over the class's *real*
+    training images: the selection moves from matching moments of latents to matching what a classifier sees,
+    which corrects the generator's drift in feature space. It uses the same teacher as the herding baseline (its
+    weights' sha256 is in the key). The chosen latents are the selection, so the generate stage samples them again
+    (the same images up to float rounding of batched convolutions). Cost: P x IPC generated images per class; the
+    pool is generated on the main process only.
+    """
+    teacher, info = _herding_teacher(ctx)  # every rank: under torchrun it trains with DDP
+    s = ctx.cfg.select
+    size = s.herd_pool * s.ipc
+    drawn = _draw(ctx, "group", size)
+    if drawn is None:
+        return {}
+    sel, meta, mean, extra = drawn
+    gen, level, bs = ctx.generator(), ctx.level(), ctx.cfg.generate.batch_size
+    labels = ctx.class_labels(gen)
+    pool = sel.x.reshape(len(mean), size, *meta["latent_shape"])  # (C, P * ipc, c, h, w)
+    bar = progress(len(mean) * size, f"select (d3hr-herd, pool of {size})", "img")
+    chosen, gaps = [], {"herded": [], "first_ipc": [], "pool": []}
+    for c in range(len(mean)):
+        images = []
+        for i in range(0, size, bs):
+            images.append(render(ctx, gen, pool[c, i : i + bs], labels[c], level))  # uint8 (b, C, s, s)
+            bar.update(len(images[-1]))
+        feats = penultimate_features(teacher, torch.cat(images)).double()  # (P * ipc, F)
+        real = penultimate_features(teacher, ctx.train_set.load(_class_indices(ctx, c).numpy())).double().mean(0)
+        idx = herding_indices(feats, s.ipc, target=real)  # (ipc,)
+        chosen.append(idx)
+        for name, rows in (("herded", feats[idx]), ("first_ipc", feats[: s.ipc]), ("pool", feats)):
+            gaps[name].append(float((rows.mean(0) - real).norm()))  # distance of the set's mean to the real mean
+    bar.close()
+    index = torch.stack(chosen)  # (C, ipc) positions in the pool
+    latents = torch.stack([pool[c, index[c]] for c in range(len(mean))])  # (C, ipc, c, h, w)
+    short = meta["short_classes"]
+    save_tensors(out, {"latents": latents, "pool_index": index, "group_loss": sel.loss},
+                 {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": "group+herding",
+                  "ipc": s.ipc, "short_classes": short, "seed": ctx.cfg.seed, "candidates": s.candidates,
+                  "weights": s.weights, "pools": s.pools, "draws": DRAWS, "herd_pool": s.herd_pool, **extra})
+    mean_gap = {name: sum(v) / len(v) for name, v in gaps.items()}
+    say(f"[select] d3hr-herd: teacher-feature distance to the real class mean {mean_gap['herded']:.3f} herded, "
+        f"{mean_gap['first_ipc']:.3f} for IPC pool members taken as drawn, {mean_gap['pool']:.3f} for the pool")
+    details = {"pool": size, "features": f"penultimate layer of the {HERDING_TEACHER} evaluation teacher",
+               "teacher": info["path"], "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"],
+               "teacher_test_top1": info["test_top1"], "feature_gap": mean_gap,
+               "feature_gap_per_class": gaps}
+    return {"mean_loss": float(sel.loss.mean()), "short_classes": short, "details": details,
+            **({} if "covariance" not in extra else {"covariance": meta["covariance"]})}
