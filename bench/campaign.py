@@ -135,6 +135,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
         parts += [Part(f"herd-ipc10-seed{s}", ("d3hr-herd",), 10, (s,)) for s in range(5)]
         parts += [Part(f"herdpool-ipc10-seed{s}", ("d3hr-herd",), 10, (s,), sweep="select.herd_pool=3,30")
                   for s in range(3)]  # how the pool's size moves it (10 is the default, above)
+        parts += [Part(f"herdcov-ipc10-seed{s}", ("d3hr-herd",), 10, (s,), sweep="stats.covariance=lowrank:16")
+                  for s in range(5)]  # whether the two ideas add up
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
         return parts
