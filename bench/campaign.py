@@ -93,15 +93,15 @@ class Part:
 
     def minutes(self, results: dict | None = None) -> float:
         """Estimated wall minutes of what is still missing from ``results`` (a compare results.json; None: all)."""
-        have = _trained(results or {})
-        missing = _wanted(self) - have
+        results = results or {}
+        want, have = _wanted(self), _trained(results)
         est = sum(FULL_MINUTES if r == "dc-full" else MINUTES.get((r.removesuffix("-noaug"), self.ipc), 1.0)
-                  for (_m, _i, _s, r, _st, _w) in missing)
+                  for (_m, _i, _s, r, _st, _w) in want - have)
         if self.metrics:
-            est += METRICS_MINUTES * len(_wanted_quality(self) - _quality(results or {}))
+            est += METRICS_MINUTES * len(_wanted_quality(self) - _quality(results))
         if self.student != "convnet":
             est *= 4.0  # deeper students: a rough factor until measured
-        if self.once_minutes and not (_wanted(self) & have):
+        if self.once_minutes and not (want & have):
             est += self.once_minutes  # the cache comes with the part's first cell
         return est
 

@@ -87,6 +87,17 @@ def class_folders(images_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(images_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def selection_counts(tensors: dict[str, Any], ipc: int) -> Any:
+    """Images per class of a selection.safetensors, (C,) int64: its ``count`` tensor (methods whose classes can be
+    short), else ``ipc`` for every class (group draws, whose classes always have ipc members)."""
+    if "count" in tensors:
+        return tensors["count"]
+    import torch
+
+    num_classes = len(next(iter(v for k, v in tensors.items() if k in ("latents", "image_index"))))
+    return torch.full((num_classes,), ipc, dtype=torch.long)
+
+
 def listed_images(root: Path, manifest: dict[str, Any]) -> list[tuple[int, str, str]]:
     """(class index, path relative to RUN, sha256) of every image the (checked) manifest lists under
     images/<class folder>/, in class order then name order; a class folder with no listed image is an error."""

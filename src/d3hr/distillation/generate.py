@@ -16,7 +16,7 @@ from d3hr.diffusion import ddim_sample
 from d3hr.distillation.context import Context
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
-from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs
+from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs, selection_counts
 from d3hr.utils.io import load_tensors, read_json, replace_dir, sha256_json, write_json
 from d3hr.utils.progress import progress
 
@@ -59,7 +59,7 @@ def run(ctx: Context, previous: str | None) -> str:
     t0 = time.time()
     tensors, meta = load_tensors(ctx.root / SELECTION)
     classes, ds, fit = meta["classes"], ctx.train_set, ctx.cfg.data.fit
-    counts = tensors.get("count", torch.full((len(classes),), meta["ipc"])).tolist()  # images per class
+    counts = selection_counts(tensors, meta["ipc"]).tolist()  # images per class
     latents = tensors.get("latents")  # (C, ipc, c, h, w), or None: real images at tensors["image_index"]
     if latents is not None:
         gen = ctx.generator()

@@ -41,7 +41,7 @@ from d3hr.config import Config, load_config
 from d3hr.distillation.group import chosen_candidates, group_latents
 from d3hr.distillation.methods import get_method
 from d3hr.errors import D3HRError
-from d3hr.runfolder import CONFIG, MANIFEST, POINTER, SELECTION, STATS, RunFolder, listed_images
+from d3hr.runfolder import CONFIG, MANIFEST, POINTER, SELECTION, STATS, RunFolder, listed_images, selection_counts
 from d3hr.utils.io import load_tensors, read_json, save_tensors, sha256_file
 from d3hr.utils.schema import GENERATOR_POINTER, PACK, check, check_manifest
 
@@ -181,7 +181,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
     if form == "statistics":
         tensors |= _statistics(root, manifest, sel, sel_meta)
     else:
-        tensors["count"] = sel.get("count", torch.full((len(classes),), cfg.select.ipc))  # group draws: ipc each
+        tensors["count"] = selection_counts(sel, cfg.select.ipc)
         tensors |= {"latents": sel["latents"].float()} if form == "latents" else {"image_index": sel["image_index"]}
     generator = None
     if spec.needs_generator:

@@ -76,10 +76,10 @@ def run(ctx: Context, previous: str | None) -> str:
 
 
 # ----- group sampling in the inverted domain ---------------------------------------------------------------------
-def _draw(ctx: Context, strategy: str, ipc: int) -> tuple[Any, dict[str, Any], torch.Tensor, dict[str, Any]] | None:
+def _draw(ctx: Context, strategy: str, ipc: int) -> tuple[Any, dict[str, Any], dict[str, Any]] | None:
     """Group sampling (or one random group) of ``ipc`` latents per class from RUN/stats.safetensors, gathered on
     the main process (None elsewhere): the selection (``x`` (C, ipc, D) in latent coordinates), the statistics'
-    metadata, the class means (C, D) and what a covariance model adds to the record.
+    metadata (with ``short_classes``) and what a covariance model adds to the record (empty for diag).
 
     With a covariance model (stats.covariance full or lowrank:R, d3hr.distillation.covariance) the candidates z are
     scored in the whitened coordinates, against mean 0, std 1 and the class's ``skewness_white``, and the chosen
@@ -113,7 +113,7 @@ def _draw(ctx: Context, strategy: str, ipc: int) -> tuple[Any, dict[str, Any], t
         sel.x = mean.float()[:, None, :] + root.color(sel.x)  # (C, ipc, D) x = mu + L z
         extra = {"covariance": meta["covariance"],
                  "color": "x = mean + L z, L = cov_factor (full) or the low-rank root (d3hr.distillation.covariance)"}
-    return sel, meta, mean, extra
+    return sel, meta, extra
 
 
 def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
@@ -122,9 +122,9 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     drawn = _draw(ctx, strategy, s.ipc)
     if drawn is None:
         return {}
-    sel, meta, mean, extra = drawn
+    sel, meta, extra = drawn
     short = meta["short_classes"]
-    tensors = {"latents": sel.x.reshape(len(mean), s.ipc, *meta["latent_shape"]), "index": sel.index,
+    tensors = {"latents": sel.x.reshape(len(sel.x), s.ipc, *meta["latent_shape"]), "index": sel.index,
                "pool": sel.pool, "loss": sel.loss, "loss_first": sel.loss_first}
     save_tensors(out, tensors, {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": strategy,
                                 "ipc": s.ipc, "short_classes": short, "seed": ctx.cfg.seed,
@@ -134,7 +134,12 @@ def _groups(ctx: Context, out: Path, key: str, strategy: str) -> dict[str, Any]:
     say(f"[select] {strategy}: mean loss {float(sel.loss.mean()):.4f} "
         f"({100 * gain:.1f}% under a single random group)")
     return {"mean_loss": float(sel.loss.mean()), "mean_loss_gain_over_first": gain, "short_classes": short,
-            **({} if "covariance" not in extra else {"covariance": meta["covariance"]})}
+            **_covariance_record(extra)}
+
+
+def _covariance_record(extra: dict[str, Any]) -> dict[str, Any]:
+    """The covariance model a group draw used, for stages.json (nothing for diag)."""
+    return {"covariance": extra["covariance"]} if "covariance" in extra else {}
 
 
 @register_method("d3hr", needs_generator=True, needs_inversion=True, level="K",
@@ -218,10 +223,13 @@ def herding(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     ipc, ds = ctx.cfg.select.ipc, ctx.train_set
     rows = _per_class(ctx, lambda c, idx: idx[herding_indices(penultimate_features(teacher, ds.load(idx.numpy())),
                                                               ipc)])
-    details = {"features": f"penultimate layer of the {HERDING_TEACHER} evaluation teacher",
-               "teacher": info["path"], "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"],
-               "teacher_test_top1": info["test_top1"]}
-    return _write_rows(ctx, out, key, rows, [], details)
+    return _write_rows(ctx, out, key, rows, [], _teacher_details(info))
+
+
+def _teacher_details(info: dict[str, Any]) -> dict[str, Any]:
+    """Which teacher's features a selection herded on, for the manifest."""
+    return {"features": f"penultimate layer of the {HERDING_TEACHER} evaluation teacher", "teacher": info["path"],
+            "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"], "teacher_test_top1": info["test_top1"]}
 
 
 @register_method("kmeans-latent", needs_generator=True, needs_inversion=False, level="0",
@@ -289,13 +297,13 @@ def d3hr_herd(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     drawn = _draw(ctx, "group", size)
     if drawn is None:
         return {}
-    sel, meta, mean, extra = drawn
+    sel, meta, extra = drawn
     gen, level, bs = ctx.generator(), ctx.level(), ctx.cfg.generate.batch_size
     labels = ctx.class_labels(gen)
-    pool = sel.x.reshape(len(mean), size, *meta["latent_shape"])  # (C, P * ipc, c, h, w)
-    bar = progress(len(mean) * size, f"select (d3hr-herd, pool of {size})", "img")
+    pool = sel.x.reshape(len(sel.x), size, *meta["latent_shape"])  # (C, P * ipc, c, h, w)
+    bar = progress(pool.shape[0] * size, f"select (d3hr-herd, pool of {size})", "img")
     chosen, gaps = [], {"herded": [], "first_ipc": [], "pool": []}
-    for c in range(len(mean)):
+    for c in range(len(pool)):
         images = []
         for i in range(0, size, bs):
             images.append(render(ctx, gen, pool[c, i : i + bs], labels[c], level))  # uint8 (b, C, s, s)
@@ -308,7 +316,7 @@ def d3hr_herd(ctx: Context, out: Path, key: str) -> dict[str, Any]:
             gaps[name].append(float((rows.mean(0) - real).norm()))  # distance of the set's mean to the real mean
     bar.close()
     index = torch.stack(chosen)  # (C, ipc) positions in the pool
-    latents = torch.stack([pool[c, index[c]] for c in range(len(mean))])  # (C, ipc, c, h, w)
+    latents = torch.stack([pool[c, index[c]] for c in range(len(pool))])  # (C, ipc, c, h, w)
     short = meta["short_classes"]
     save_tensors(out, {"latents": latents, "pool_index": index, "group_loss": sel.loss},
                  {"key": key, "classes": meta["classes"], "method": ctx.method, "strategy": "group+herding",
@@ -317,9 +325,6 @@ def d3hr_herd(ctx: Context, out: Path, key: str) -> dict[str, Any]:
     mean_gap = {name: sum(v) / len(v) for name, v in gaps.items()}
     say(f"[select] d3hr-herd: teacher-feature distance to the real class mean {mean_gap['herded']:.3f} herded, "
         f"{mean_gap['first_ipc']:.3f} for IPC pool members taken as drawn, {mean_gap['pool']:.3f} for the pool")
-    details = {"pool": size, "features": f"penultimate layer of the {HERDING_TEACHER} evaluation teacher",
-               "teacher": info["path"], "teacher_sha256": info["sha256"], "teacher_epochs": info["epochs"],
-               "teacher_test_top1": info["test_top1"], "feature_gap": mean_gap,
-               "feature_gap_per_class": gaps}
+    details = {"pool": size, **_teacher_details(info), "feature_gap": mean_gap, "feature_gap_per_class": gaps}
     return {"mean_loss": float(sel.loss.mean()), "short_classes": short, "details": details,
-            **({} if "covariance" not in extra else {"covariance": meta["covariance"]})}
+            **_covariance_record(extra)}
