@@ -274,3 +274,32 @@ def test_another_students_rows_are_kept_and_another_dataset_is_refused(tmp_path,
     err = capsys.readouterr().err
     assert "holds a compare of dataset 'another-set'" in err and len(err.strip().splitlines()) == 1
     assert (out / "results.json").read_bytes() == before
+
+
+def test_set_quality_is_checked_against_accuracy_cell_by_cell():
+    """quality_vs_accuracy pairs each cell's readouts with its top-1 (same method, seed and sweep value), per
+    recipe: a readout that orders the cells as accuracy does gets rho = +1 (FID the other way: -1), one that does
+    not, a smaller rho; constant or missing readouts none; the full-data row and quality without accuracy are left
+    out."""
+    from d3hr.compare import quality_vs_accuracy, tracking_table
+
+    top1 = {("d3hr", 0): 0.70, ("d3hr", 1): 0.72, ("random-real", 0): 0.75, ("random-real", 1): 0.74,
+            ("herding", 0): 0.80, ("herding", 1): 0.79}
+    rows = [{"method": m, "ipc": 10, "seed": s, "sweep": None, "recipe": rcp, "epochs": 9, "top1": t}
+            for (m, s), t in top1.items() for rcp in ("dc", "rded")]
+    rows.append({"method": "full", "ipc": None, "seed": 0, "sweep": None, "recipe": "full", "epochs": 9, "top1": 0.9})
+    quality = [{"method": m, "ipc": 10, "seed": s, "sweep": None, "fid": 1.0 - t, "coverage": t, "precision": 0.5,
+                "recall": None, "density": [3, 1, 2, 6, 4, 5][i], "diversity": 2.0}
+               for i, ((m, s), t) in enumerate(top1.items())]
+    quality.append({**quality[0], "seed": 7, "coverage": 0.0})  # no accuracy for seed 7: left out
+    tracking = quality_vs_accuracy(rows, quality)
+    assert [(e["recipe"], e["cells"], e["methods"]) for e in tracking] == [
+        ("dc", 6, ["d3hr", "herding", "random-real"]), ("rded", 6, ["d3hr", "herding", "random-real"])]
+    dc = tracking[0]
+    assert dc["coverage"]["rho"] == pytest.approx(1.0) and dc["coverage"]["significant"]
+    assert dc["fid"]["rho"] == pytest.approx(-1.0)
+    # density ranks (3, 1, 2, 6, 4, 5) against accuracy ranks (1, 2, 4, 3, 6, 5): sum d^2 = 22, rho = 1 - 132 / 210
+    assert dc["density"]["rho"] == pytest.approx(1 - 132 / 210) and not dc["density"]["significant"]
+    assert dc["precision"] is None and dc["recall"] is None and dc["diversity"] is None
+    text = tracking_table(tracking)
+    assert "| dc | 10 | 9 | -1.00 [-1.00, -1.00] * |  |  | +0.37 [" in text and text.count("\n| rded |") == 1

@@ -11,7 +11,8 @@ Beside mean +- std: paired differences per seed with a 95% t-interval (D3HR agai
 candidate pools and seeds, and against random real; every swept row against its method's default), and
 DD-Ranking's HLR, IOR, LRS and ARS (d3hr.evaluation.metrics) against random real subsets trained under the same
 labels and recipe. With ``set_metrics``, also each cell's set quality (``d3hr metrics``: FID, precision / recall /
-density / coverage, diversity in the evaluation teacher's features), mean +- std over seeds.
+density / coverage, diversity in the evaluation teacher's features), mean +- std over seeds, and how well each
+readout tracks accuracy over the cells (Spearman's rho with a 95% interval).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 
 from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
-from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval
+from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval, spearman_interval
 from d3hr.evaluation.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe
 from d3hr.utils.dist import check_device
 from d3hr.utils.folders import claim
@@ -39,6 +40,7 @@ RANDOM = "random-real"  # DD-Ranking's reference: random real subsets of the sam
 PAIRED = (("d3hr", "base-rs"), ("d3hr", "random-real"),  # compared seed by seed (see paired_differences)
           ("d3hr-herd", "d3hr"), ("d3hr-herd", "random-real"), ("d3hr-herd", "herding"))
 QUALITY = ("fid", "precision", "recall", "density", "coverage", "diversity", "real_diversity")  # overall readouts
+SET_READOUTS = QUALITY[:-1]  # those that describe the set (real_diversity describes the real images)
 
 
 @dataclass(frozen=True)
@@ -127,12 +129,14 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
     quality = merge_quality(_earlier_quality(out, base.data.name), quality)
     if quality:
-        result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality)}
+        result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality),
+                                 "accuracy": quality_vs_accuracy(rows, quality)}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
     write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(table, teacher)
                + paired_table(result["paired"]) + scores_table(result["scores"])
-               + quality_table(result.get("set_metrics", {}).get("summary", [])))
+               + quality_table(result.get("set_metrics", {}).get("summary", []))
+               + tracking_table(result.get("set_metrics", {}).get("accuracy", [])))
     plot_accuracy([r for r in table if r["method"] != FULL], out / "accuracy.png")
     return result
 
@@ -289,6 +293,51 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
         lines.append(f"| {name} | {e['ipc']} | {fmt(e['fid'], '.4g')} | {fmt(e['precision'], '.3f')} | "
                      f"{fmt(e['recall'], '.3f')} | {fmt(e['density'], '.3f')} | {fmt(e['coverage'], '.3f')} | "
                      f"{fmt(e['diversity'], '.4g')} | {fmt(e['real_diversity'], '.4g')} | {e['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Does a set-quality readout track accuracy? Per (IPC, recipe, epochs) and readout: Spearman's rho between the
+    readout and top-1 over every cell that has both (matched on method, seed and sweep value; all methods together),
+    with its 95% interval (d3hr.evaluation.metrics.spearman_interval; None where undefined). A readout that
+    explains accuracy shows rho < 0 for FID (lower is better) and rho > 0 for the others. With several seeds per
+    method, rho mixes the differences between methods and the spread within one; both are what a readout would
+    have to predict."""
+    by_key = {_quality_key(q): q for q in quality}
+    groups: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
+    for r in rows:
+        key = (r["method"], r["ipc"], r["seed"], tuple(r["sweep"]) if r["sweep"] else None)
+        if r["method"] != FULL and key in by_key:
+            groups.setdefault((r["ipc"], r["recipe"], r["epochs"]), []).append((r["top1"], by_key[key]))
+    out = []
+    for (ipc, recipe, epochs), pairs in sorted(groups.items(), key=str):
+        entry: dict[str, Any] = {"ipc": ipc, "recipe": recipe, "epochs": epochs, "cells": len(pairs),
+                                 "methods": sorted({q["method"] for _, q in pairs})}
+        for name in SET_READOUTS:
+            known = [(top1, q[name]) for top1, q in pairs if q[name] is not None]
+            c = spearman_interval([v for _, v in known], [t for t, _ in known]) if known else None
+            entry[name] = None if c is None else {"rho": c.rho, "low": c.low, "high": c.high, "n": c.n,
+                                                  "significant": c.significant}
+        out.append(entry)
+    return out
+
+
+def tracking_table(tracking: list[dict[str, Any]]) -> str:
+    """Spearman's rho of each set-quality readout against top-1 ('*': the 95% interval excludes 0)."""
+    if not tracking:
+        return ""
+
+    def fmt(c: dict[str, Any] | None) -> str:
+        return f"{c['rho']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]{' *' if c['significant'] else ''}" if c else ""
+
+    lines = ["", "Does set quality track accuracy? Spearman's rho between each readout and top-1 over the cells "
+             "(every method and seed with both), [95% interval, Fisher z with variance 1.06 / (n - 3)]; * = the "
+             "interval excludes 0. FID should fall as accuracy rises (rho < 0), the others rise.", "",
+             "| recipe | IPC | epochs | FID | precision | recall | density | coverage | diversity | cells |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in tracking:
+        lines.append(f"| {e['recipe']} | {e['ipc']} | {e['epochs']} | "
+                     + " | ".join(fmt(e[name]) for name in SET_READOUTS) + f" | {e['cells']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,12 +1,13 @@
-"""Paired t-intervals and DD-Ranking's scores against numbers worked out by hand."""
+"""Paired t-intervals, rank correlations and DD-Ranking's scores against numbers worked out by hand."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
+from scipy import stats
 
-from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval, unit_score
+from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval, spearman_interval, unit_score
 
 
 def test_paired_interval_by_hand() -> None:
@@ -33,3 +34,23 @@ def test_dd_ranking_scores_by_hand() -> None:
     # with aug 0.82 vs 0.80, without 0.60 vs 0.65: beta = 0.5 * 0.02 + 0.5 * (-0.05) = -0.015
     # ARS = (e^-0.015 - e^-1) / (e - e^-1) = 0.617233 / 2.350402
     assert ars(0.82, 0.80, 0.60, 0.65) == pytest.approx(0.262607, abs=1e-6)
+
+
+def test_spearman_interval_by_hand() -> None:
+    # ranks (1..5) against (2, 1, 4, 3, 5): sum d^2 = 4, rho = 1 - 6 * 4 / (5 * 24) = 0.8;
+    # atanh(0.8) = 1.098612, half = 1.959964 * sqrt(1.06 / 2) = 1.426875 -> tanh(-0.328263), tanh(2.525488)
+    c = spearman_interval([10, 20, 30, 40, 50], [0.2, 0.1, 0.4, 0.3, 0.5])
+    assert c is not None and c.n == 5 and c.rho == pytest.approx(0.8)
+    assert c.low == pytest.approx(-0.316959, abs=1e-6) and c.high == pytest.approx(0.987275, abs=1e-6)
+    assert not c.significant
+    # a monotone decreasing relation over 12 pairs: rho = -1, an interval that excludes 0
+    down = spearman_interval(list(range(12)), [-v ** 3 for v in range(12)])
+    assert down is not None and (down.rho, down.high) == (-1.0, -1.0) and down.significant
+    # ties get average ranks, as scipy's spearmanr (an independent implementation) does
+    x, y = [1, 1, 2, 3, 3, 5, 8], [2, 3, 3, 1, 6, 7, 7]
+    tied = spearman_interval(x, y)
+    assert tied is not None and tied.rho == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert spearman_interval([1, 2, 3], [3, 2, 1]) is None  # n < 4
+    assert spearman_interval([1, 1, 1, 1], [1, 2, 3, 4]) is None  # a constant side
+    with pytest.raises(ValueError):
+        spearman_interval([1, 2, 3, 4], [1, 2, 3])

@@ -11,6 +11,9 @@ with accuracies as fractions in [0, 1]:
         beta = g * (Acc(syn, aug) - Acc(rdm, aug)) + (1 - g) * (Acc(syn, no aug) - Acc(rdm, no aug)),  g = 0.5
 
 DD-Ranking computes the scores per evaluation round and averages them; ``compare`` does the same per seed.
+
+Whether a set-quality readout tracks accuracy: Spearman's rank correlation with a Fisher-z interval
+(``spearman_interval``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,44 @@ def paired_t_interval(a: Sequence[float], b: Sequence[float], level: float = 0.9
         return Interval(mean, -math.inf, math.inf, 1)
     half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(d.std(ddof=1)) / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n)
+
+
+@dataclass(frozen=True)
+class Correlation:
+    """A rank correlation with a two-sided interval."""
+
+    rho: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def significant(self) -> bool:
+        """True only when the interval excludes 0."""
+        return self.low > 0 or self.high < 0
+
+
+SPEARMAN_Z_VARIANCE = 1.06  # Fieller, Hartley & Pearson (Biometrika 1957): var(atanh(rho_s)) ~ 1.06 / (n - 3)
+
+
+def spearman_interval(x: Sequence[float], y: Sequence[float], level: float = 0.95) -> Correlation | None:
+    """Spearman's rho of paired values (ties get average ranks) with the interval
+    tanh(atanh(rho) +- z_{(1+level)/2} * sqrt(1.06 / (n - 3))): Fisher's z with Fieller, Hartley and Pearson's
+    variance for rank correlations. None when it is undefined (fewer than 4 pairs, or either side constant).
+    rho = +-1 gives the degenerate interval [rho, rho]."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values needed, got shapes {a.shape} and {b.shape}")
+    n = len(a)
+    if n < 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    ra, rb = stats.rankdata(a), stats.rankdata(b)
+    rho = float(np.corrcoef(ra, rb)[0, 1])  # Pearson's r of the ranks
+    if abs(rho) >= 1.0:
+        return Correlation(math.copysign(1.0, rho), math.copysign(1.0, rho), math.copysign(1.0, rho), n)
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(SPEARMAN_Z_VARIANCE / (n - 3))
+    z = math.atanh(rho)
+    return Correlation(rho, math.tanh(z - half), math.tanh(z + half), n)
 
 
 def unit_score(x: float) -> float:
