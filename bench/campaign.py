@@ -112,7 +112,7 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     without augmentation (ARS), IPC 50 method by method, and the cross-architecture table at IPC 10.
     ``covariance``: D3HR with ``stats.covariance`` full and lowrank:16 beside the grid's diag cells (paired by
     seed), the set quality of every method at IPC 10, and d3hr-herd (group sampling, then herding of the generated
-    pool on the teacher's features) beside them.
+    pool on the teacher's features) beside them, at IPC 1, 10 and 50.
     ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
     of the default rule and K = 31 (paired by seed): per-class caps 50, 100, 300 and every image at IPC 10, every image
     at IPC 50, and K = 10, 15, 20, 25, 40 at IPC 10.
@@ -137,8 +137,11 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
                   for s in range(3)]  # how the pool's size moves it (10 is the default, above)
         parts += [Part(f"herdcov-ipc10-seed{s}", ("d3hr-herd",), 10, (s,), sweep="stats.covariance=lowrank:16")
                   for s in range(5)]  # whether the two ideas add up
+        parts += [Part(f"herd-metrics-ipc10-seed{s}", ("d3hr-herd",), 10, (s,), metrics=True) for s in range(5)]
+        parts += [Part(f"herd-ipc1-seed{s}", ("d3hr-herd",), 1, (s,)) for s in range(5)]
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
+        parts += [Part(f"herd-ipc50-seed{s}", ("d3hr-herd",), 50, (s,)) for s in range(5)]  # pools of 500 per class
         return parts
     if name == "subsample":  # after the grid's D3HR cells of the same seeds (ipc10-seedS, ipc50-d3hr-seedS)
         parts = [Part(f"sub-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="invert.per_class=50,100,300,all",
