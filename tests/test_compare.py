@@ -279,8 +279,8 @@ def test_another_students_rows_are_kept_and_another_dataset_is_refused(tmp_path,
 def test_set_quality_is_checked_against_accuracy_cell_by_cell():
     """quality_vs_accuracy pairs each cell's readouts with its top-1 (same method, seed and sweep value), per
     recipe: a readout that orders the cells as accuracy does gets rho = +1 (FID the other way: -1), one that does
-    not, a smaller rho; constant or missing readouts none; the full-data row and quality without accuracy are left
-    out."""
+    not, a smaller rho; constant or missing readouts none; the full-data row, quality without accuracy and recipes
+    with fewer than 4 cells are left out."""
     from d3hr.compare import quality_vs_accuracy, tracking_table
 
     top1 = {("d3hr", 0): 0.70, ("d3hr", 1): 0.72, ("random-real", 0): 0.75, ("random-real", 1): 0.74,
@@ -288,6 +288,7 @@ def test_set_quality_is_checked_against_accuracy_cell_by_cell():
     rows = [{"method": m, "ipc": 10, "seed": s, "sweep": None, "recipe": rcp, "epochs": 9, "top1": t}
             for (m, s), t in top1.items() for rcp in ("dc", "rded")]
     rows.append({"method": "full", "ipc": None, "seed": 0, "sweep": None, "recipe": "full", "epochs": 9, "top1": 0.9})
+    rows += [{**r, "recipe": "dc-plain"} for r in rows[:3]]  # three cells: too few for a correlation
     quality = [{"method": m, "ipc": 10, "seed": s, "sweep": None, "fid": 1.0 - t, "coverage": t, "precision": 0.5,
                 "recall": None, "density": [3, 1, 2, 6, 4, 5][i], "diversity": 2.0}
                for i, ((m, s), t) in enumerate(top1.items())]
