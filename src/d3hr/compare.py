@@ -299,10 +299,10 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
 def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Does a set-quality readout track accuracy? Per (IPC, recipe, epochs) and readout: Spearman's rho between the
     readout and top-1 over every cell that has both (matched on method, seed and sweep value; all methods together;
-    groups of fewer than 4 cells are left out), with its 95% interval (d3hr.evaluation.metrics.spearman_interval; None where undefined). A readout that
-    explains accuracy shows rho < 0 for FID (lower is better) and rho > 0 for the others. With several seeds per
-    method, rho mixes the differences between methods and the spread within one; both are what a readout would
-    have to predict."""
+    groups of fewer than 4 cells are left out), with its 95% interval (d3hr.evaluation.metrics.spearman_interval;
+    None where undefined). A readout that explains accuracy shows rho < 0 for FID (lower is better) and rho > 0
+    for the others. With several seeds per method, rho mixes the differences between methods and the spread within
+    one; both are what a readout would have to predict."""
     by_key = {_quality_key(q): q for q in quality}
     groups: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
     for r in rows:
