@@ -281,7 +281,7 @@ def test_set_quality_is_checked_against_accuracy_cell_by_cell():
     recipe: a readout that orders the cells as accuracy does gets rho = +1 (FID the other way: -1), one that does
     not, a smaller rho; constant or missing readouts none; the full-data row, quality without accuracy and recipes
     with fewer than 4 cells are left out."""
-    from d3hr.compare import quality_vs_accuracy, tracking_table
+    from d3hr.compare import generated_methods, quality_vs_accuracy, tracking_table
 
     top1 = {("d3hr", 0): 0.70, ("d3hr", 1): 0.72, ("random-real", 0): 0.75, ("random-real", 1): 0.74,
             ("herding", 0): 0.80, ("herding", 1): 0.79}
@@ -303,4 +303,9 @@ def test_set_quality_is_checked_against_accuracy_cell_by_cell():
     assert dc["density"]["rho"] == pytest.approx(1 - 132 / 210) and not dc["density"]["significant"]
     assert dc["precision"] is None and dc["recall"] is None and dc["diversity"] is None
     text = tracking_table(tracking)
-    assert "| dc | 10 | 9 | -1.00 [-1.00, -1.00] * |  |  | +0.37 [" in text and text.count("\n| rded |") == 1
+    assert "| all | dc | 10 | 9 | -1.00 [-1.00, -1.00] * |  |  | +0.37 [" in text and text.count("| rded |") == 1
+    # the generated methods alone (herding and random real select real images): two d3hr cells a recipe, too few
+    assert generated_methods(rows) == {"d3hr"}
+    assert quality_vs_accuracy(rows, quality, generated_methods(rows), "generated") == []
+    some = quality_vs_accuracy(rows, quality, {"d3hr", "herding"}, "two")
+    assert [(e["scope"], e["cells"]) for e in some] == [("two", 4), ("two", 4)]

@@ -130,7 +130,8 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     quality = merge_quality(_earlier_quality(out, base.data.name), quality)
     if quality:
         result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality),
-                                 "accuracy": quality_vs_accuracy(rows, quality)}
+                                 "accuracy": quality_vs_accuracy(rows, quality)
+                                 + quality_vs_accuracy(rows, quality, generated_methods(rows), "generated")}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
     write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(table, teacher)
@@ -296,24 +297,33 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def generated_methods(rows: list[dict[str, Any]]) -> set[str]:
+    """The methods among ``rows`` whose images the generator's decoder made (every registered method but those that
+    select real images)."""
+    from d3hr.distillation.methods import get_method
+
+    return {m for m in {r["method"] for r in rows} if m != FULL and get_method(m).level != "images"}
+
+
+def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]], methods: set[str] | None = None,
+                        scope: str = "all") -> list[dict[str, Any]]:
     """Does a set-quality readout track accuracy? Per (IPC, recipe, epochs) and readout: Spearman's rho between the
-    readout and top-1 over every cell that has both (matched on method, seed and sweep value; all methods together;
-    groups of fewer than 4 cells are left out), with its 95% interval (d3hr.evaluation.metrics.spearman_interval;
-    None where undefined). A readout that explains accuracy shows rho < 0 for FID (lower is better) and rho > 0
-    for the others. With several seeds per method, rho mixes the differences between methods and the spread within
-    one; both are what a readout would have to predict."""
+    readout and top-1 over every cell that has both (matched on method, seed and sweep value; the cells of
+    ``methods``, default all, named ``scope``; groups of fewer than 4 cells are left out), with its 95% interval
+    (d3hr.evaluation.metrics.spearman_interval; None where undefined). A readout that explains accuracy shows
+    rho < 0 for FID (lower is better) and rho > 0 for the others. With several seeds per method, rho mixes the
+    differences between methods and the spread within one; both are what a readout would have to predict."""
     by_key = {_quality_key(q): q for q in quality}
     groups: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
     for r in rows:
         key = (r["method"], r["ipc"], r["seed"], tuple(r["sweep"]) if r["sweep"] else None)
-        if r["method"] != FULL and key in by_key:
+        if r["method"] != FULL and key in by_key and (methods is None or r["method"] in methods):
             groups.setdefault((r["ipc"], r["recipe"], r["epochs"]), []).append((r["top1"], by_key[key]))
     out = []
     for (ipc, recipe, epochs), pairs in sorted(groups.items(), key=str):
         if len(pairs) < 4:  # too few cells for a rank correlation (an interval needs n > 3)
             continue
-        entry: dict[str, Any] = {"ipc": ipc, "recipe": recipe, "epochs": epochs, "cells": len(pairs),
+        entry: dict[str, Any] = {"scope": scope, "ipc": ipc, "recipe": recipe, "epochs": epochs, "cells": len(pairs),
                                  "methods": sorted({q["method"] for _, q in pairs})}
         for name in SET_READOUTS:
             known = [(top1, q[name]) for top1, q in pairs if q[name] is not None]
@@ -333,12 +343,13 @@ def tracking_table(tracking: list[dict[str, Any]]) -> str:
         return f"{c['rho']:+.2f} [{c['low']:+.2f}, {c['high']:+.2f}]{' *' if c['significant'] else ''}" if c else ""
 
     lines = ["", "Does set quality track accuracy? Spearman's rho between each readout and top-1 over the cells "
-             "(every method and seed with both), [95% interval, Fisher z with variance 1.06 / (n - 3)]; * = the "
-             "interval excludes 0. FID should fall as accuracy rises (rho < 0), the others rise.", "",
-             "| recipe | IPC | epochs | FID | precision | recall | density | coverage | diversity | cells |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "(all: every method and seed with both; generated: those of methods whose images the generator made), "
+             "[95% interval, Fisher z with variance 1.06 / (n - 3)]; * = the interval excludes 0. FID should fall as "
+             "accuracy rises (rho < 0), the others rise.", "",
+             "| cells of | recipe | IPC | epochs | FID | precision | recall | density | coverage | diversity | cells |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in tracking:
-        lines.append(f"| {e['recipe']} | {e['ipc']} | {e['epochs']} | "
+        lines.append(f"| {e['scope']} | {e['recipe']} | {e['ipc']} | {e['epochs']} | "
                      + " | ".join(fmt(e[name]) for name in SET_READOUTS) + f" | {e['cells']} |")
     return "\n".join(lines) + "\n"
 
