@@ -13,6 +13,7 @@ teacher are rebuilt by the first part that needs them).
     python bench/campaign.py run --out /work/grid --until 17:10    # parts in order while the clock allows
     python bench/campaign.py run --out /work/grid --only ipc10     # parts whose name starts with this
     python bench/campaign.py run --out /work/grid --plan subsample # other plans, into the same OUT (paired by seed)
+    python bench/campaign.py tables                                # the tables again from results.json (no training)
 
 A part starts only when the estimate of its missing cells (minutes per cell below, measured on this 2-core machine
 at 2 threads) fits before ``--until`` (the next such clock time, tomorrow's when it has passed today); one that is
@@ -270,7 +271,8 @@ def _deadline(text: str | None) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("list", "run"))
+    ap.add_argument("step", choices=("list", "run", "tables"),
+                    help="tables: recompute --results' tables from its results.json with this version of d3hr")
     ap.add_argument("--out", default="/work/grid", help="the compare folder (run folders; not committed)")
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
@@ -279,6 +281,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.step == "list":
         list_parts(Path(args.results), args.plan)
+    elif args.step == "tables":
+        from d3hr.compare import refresh_results
+
+        refresh_results(args.results)
+        print(f"[campaign] tables rewritten in {args.results}")
     else:
         run_parts(args)
 

@@ -159,7 +159,7 @@ def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compar
     """compare(set_metrics=True) computes d3hr metrics once per cell and tables the overall readouts over seeds;
     without it nothing is computed (distillation, evaluation and metrics replaced by stand-ins)."""
     from d3hr import api
-    from d3hr.compare import compare
+    from d3hr.compare import compare, refresh_results
     from d3hr.config import load_config
 
     def evaluate(run, seeds, recipe, **kwargs):
@@ -192,6 +192,11 @@ def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compar
     calls.clear()
     again = compare(*args, epochs=2)  # a later compare into the same OUT keeps the earlier set-quality cells
     assert calls == [] and again["set_metrics"] == result["set_metrics"] and row in (out / "results.md").read_text()
+    (out / "results.md").unlink()
+    refreshed = refresh_results(out)  # the tables again from results.json alone
+    assert refreshed == json.loads((out / "results.json").read_text())
+    assert refreshed["set_metrics"] == result["set_metrics"] and refreshed["summary"] == again["summary"]
+    assert row in (out / "results.md").read_text()
 
 
 def test_a_grid_in_parts_runs_only_the_seeds_named_and_keeps_the_earlier_rows(tmp_path, monkeypatch):

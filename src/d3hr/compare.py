@@ -122,24 +122,43 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
                            recipe=FULL_RECIPE, full=True)
             rows.append(_row(FULL, None, s, None, student, res, cfg.out))
     rows = merge_rows(earlier, rows)
+    quality = merge_quality(_earlier_quality(out, base.data.name), quality)
+    return write_results(out, base.data.name, student, teacher_epochs, rows, kept, quality)
+
+
+def write_results(out: Path, dataset: str, student: str, teacher_epochs: int | None, rows: list[dict[str, Any]],
+                  kept: list[dict[str, Any]], quality: list[dict[str, Any]]) -> dict[str, Any]:
+    """The statistics of ``rows`` (one student's cells; ``kept``: other students' cells, stored as they are) and of
+    the set-quality cells, written to OUT/results.json, OUT/results.md and OUT/accuracy.png."""
     table = summarise(rows)
-    result = {"dataset": base.data.name, "student": student, "seeds": sorted({r["seed"] for r in rows}),
+    result = {"dataset": dataset, "student": student, "seeds": sorted({r["seed"] for r in rows}),
               "teacher_epochs": teacher_epochs,
               "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": kept + rows, "summary": table,
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
-    quality = merge_quality(_earlier_quality(out, base.data.name), quality)
     if quality:
         result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality),
                                  "accuracy": quality_vs_accuracy(rows, quality)
                                  + quality_vs_accuracy(rows, quality, generated_methods(rows), "generated")}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
-    write_text(out / "results.md", markdown_table(table, base.data.name, student) + full_data_line(table, teacher)
+    write_text(out / "results.md", markdown_table(table, dataset, student) + full_data_line(table, teacher)
                + paired_table(result["paired"]) + scores_table(result["scores"])
                + quality_table(result.get("set_metrics", {}).get("summary", []))
                + tracking_table(result.get("set_metrics", {}).get("accuracy", [])))
     plot_accuracy([r for r in table if r["method"] != FULL], out / "accuracy.png")
     return result
+
+
+def refresh_results(out: str | Path) -> dict[str, Any]:
+    """Recompute OUT's statistics and tables from the cells its results.json holds (no training): for a grid whose
+    parts were run by different versions of d3hr."""
+    out = Path(out)
+    old = load_results(out)
+    student = old["student"]
+    rows = [r for r in old["cells"] if r.get("student") == student and "recipe" in r]
+    kept = [r for r in old["cells"] if not (r.get("student") == student and "recipe" in r)]
+    return write_results(out, old["dataset"], student, old.get("teacher_epochs"), rows, kept,
+                         old.get("set_metrics", {}).get("cells", []))
 
 
 def check_seeds(seeds: int | Sequence[int], flag: str) -> None:
