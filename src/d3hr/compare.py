@@ -136,9 +136,11 @@ def write_results(out: Path, dataset: str, student: str, teacher_epochs: int | N
               "recipes": {r["recipe"]: r["setup"] for r in rows}, "cells": kept + rows, "summary": table,
               "paired": paired_differences(rows), "scores": robust_scores(rows)}
     if quality:
+        generated = generated_methods(rows)  # a scope of its own only when real-image methods are in the grid too
         result["set_metrics"] = {"cells": quality, "summary": summarise_quality(quality),
-                                 "accuracy": quality_vs_accuracy(rows, quality)
-                                 + quality_vs_accuracy(rows, quality, generated_methods(rows), "generated")}
+                                 "accuracy": quality_vs_accuracy(rows, quality) + (
+                                     quality_vs_accuracy(rows, quality, generated, "generated")
+                                     if generated != {r["method"] for r in rows} - {FULL} else [])}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
     write_text(out / "results.md", markdown_table(table, dataset, student) + full_data_line(table, teacher)
@@ -319,9 +321,10 @@ def quality_table(summary: list[dict[str, Any]]) -> str:
 def generated_methods(rows: list[dict[str, Any]]) -> set[str]:
     """The methods among ``rows`` whose images the generator's decoder made (every registered method but those that
     select real images)."""
-    from d3hr.distillation.methods import get_method
+    from d3hr.distillation.methods import get_method, method_names
 
-    return {m for m in {r["method"] for r in rows} if m != FULL and get_method(m).level != "images"}
+    known = set(method_names())  # a results.json may name a method this version does not have
+    return {m for m in {r["method"] for r in rows} if m in known and get_method(m).level != "images"}
 
 
 def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]], methods: set[str] | None = None,
