@@ -153,6 +153,14 @@ def test_swept_rows_are_paired_with_their_method_default_and_random_real():
     assert vs_real["n"] == 4 and vs_real["mean"] == pytest.approx(3.25)
     text = paired_table([full])
     assert "| d3hr (stats.covariance=full) − d3hr | dc | 10 | 5 | +2.00 [-0.48, +4.48] | 3 |" in text
+    # a swept d3hr-herd also meets its partners without the sweep: the paper's D3HR and herding
+    rows += _rows("herding", "dc", [0.80, 0.80, 0.80]) + [{**r, "sweep": sweep} for r in _rows("d3hr-herd", "dc",
+                                                                                                [0.75, 0.76, 0.77])]
+    pairs = {(p["a"], p["b"], str(p["sweep"]), str(p["sweep_b"])): p for p in paired_differences(rows)}
+    assert {k for k in pairs if k[0] == "d3hr-herd"} == {
+        ("d3hr-herd", b, str(sweep), s) for b, s in (("d3hr", str(sweep)), ("d3hr", "None"), ("random-real", "None"),
+                                                       ("herding", "None"))}
+    assert pairs[("d3hr-herd", "d3hr", str(sweep), "None")]["mean"] == pytest.approx(5.0)  # 75-70, 76-71, 77-72
 
 
 def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compares(tmp_path, monkeypatch):

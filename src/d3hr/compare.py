@@ -421,11 +421,12 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (D3HR and Base-RS share candidate pools and seeds; D3HR and random real share the student's seed; d3hr-herd is
     set against D3HR, random real and herding, the baseline that selects with the same teacher), and every
     swept row against the same method without a sweep (e.g. ``stats.covariance=full`` against the default ``diag``,
-    same seeds and candidate draws) and against random real without a sweep."""
+    same seeds and candidate draws), against random real and against the method's partners above, all without a
+    sweep (so d3hr-herd with ``lowrank:16`` also meets the paper's D3HR and herding)."""
     groups = sorted({(r["method"], _group(r)) for r in rows}, key=str)
     pairs = [((a, g), (b, g)) for a, b in PAIRED for m, g in groups if m == a]
     pairs += [((m, g), (b, (g[0], g[1], None, g[3]))) for m, g in groups if g[2] is not None
-              for b in dict.fromkeys((m, RANDOM))]
+              for b in dict.fromkeys((m, RANDOM, *(b for a, b in PAIRED if a == m)))]
     out = []
     for (a, ga), (b, gb) in pairs:
         va, vb = _by_seed(rows, a, ga), _by_seed(rows, b, gb)
