@@ -142,6 +142,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
         parts += [Part(f"herdcov-metrics-ipc10-seed{s}", ("d3hr-herd",), 10, (s,), sweep="stats.covariance=lowrank:16",
                        metrics=True) for s in range(5)]
         parts += [Part(f"herd-ipc1-seed{s}", ("d3hr-herd",), 1, (s,)) for s in range(5)]
+        parts += [Part(f"herdcov-ipc1-seed{s}", ("d3hr-herd",), 1, (s,), sweep="stats.covariance=lowrank:16")
+                  for s in range(5)]
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"herd-ipc50-seed{s}", ("d3hr-herd",), 50, (s,)) for s in range(5)]  # pools of 500 per class
