@@ -36,7 +36,7 @@ def test_group_sampling_quick():
         for ratio, num, den in ((brt_own, brute, own), (brt_shr, brute, shared), (own_bnd, own, bnd_own),
                                 (shr_bnd, shared, bnd_shr)):
             assert ratio == pytest.approx(num / den, rel=0.02)
-        assert own_bnd > 0.5 and shr_bnd > 0.5  # a lower bound: nothing runs at twice its speed
+        # no bound on the ratios themselves: they are timings, and a loaded machine makes any such bound flaky
         assert r[13:] == ["PASS", "own", "2/2,", "shared", "c0", "1/1"]  # the same group as the brute force
     assert out.rstrip().endswith("overall: PASS")
 
