@@ -205,6 +205,10 @@ def test_set_metrics_are_opt_in_tabled_per_method_and_ipc_and_kept_across_compar
     assert refreshed == json.loads((out / "results.json").read_text())
     assert refreshed["set_metrics"] == result["set_metrics"] and refreshed["summary"] == again["summary"]
     assert row in (out / "results.md").read_text()
+    # the tracking table is wired in: 4 cells a recipe (2 methods x 2 seeds), all top-1 equal, so no rho
+    assert [(e["scope"], e["recipe"], e["cells"], e["fid"]) for e in refreshed["set_metrics"]["accuracy"]] == [
+        ("all", "rded", 4, None)]
+    assert "| all | rded | 1 | 2 |  |" in (out / "results.md").read_text()
 
 
 def test_a_grid_in_parts_runs_only_the_seeds_named_and_keeps_the_earlier_rows(tmp_path, monkeypatch):

@@ -156,10 +156,8 @@ def refresh_results(out: str | Path) -> dict[str, Any]:
     parts were run by different versions of d3hr."""
     out = Path(out)
     old = load_results(out)
-    student = old["student"]
-    rows = [r for r in old["cells"] if r.get("student") == student and "recipe" in r]
-    kept = [r for r in old["cells"] if not (r.get("student") == student and "recipe" in r)]
-    return write_results(out, old["dataset"], student, old.get("teacher_epochs"), rows, kept,
+    rows, kept = _split_cells(old["cells"], old["student"])
+    return write_results(out, old["dataset"], old["student"], old.get("teacher_epochs"), rows, kept,
                          old.get("set_metrics", {}).get("cells", []))
 
 
@@ -249,9 +247,13 @@ def _earlier_rows(out: Path, dataset: str, student: str) -> tuple[list[dict[str,
     if old.get("dataset", dataset) != dataset:
         raise D3HRError(f"{out} holds a compare of dataset '{old['dataset']}' ({path}), not '{dataset}'; give "
                         "another --out")
-    rows = old.get("cells", [])
-    same = [r for r in rows if r.get("student") == student and "recipe" in r]
-    return same, [r for r in rows if not (r.get("student") == student and "recipe" in r)]
+    return _split_cells(old.get("cells", []), student)
+
+
+def _split_cells(cells: list[dict[str, Any]], student: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the cells of ``student`` trained under a named recipe, the others)."""
+    same = [r for r in cells if r.get("student") == student and "recipe" in r]
+    return same, [r for r in cells if not (r.get("student") == student and "recipe" in r)]
 
 
 def _quality_row(cell: Cell, res: dict[str, Any], run: str) -> dict[str, Any]:
@@ -338,7 +340,7 @@ def quality_vs_accuracy(rows: list[dict[str, Any]], quality: list[dict[str, Any]
     by_key = {_quality_key(q): q for q in quality}
     groups: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
     for r in rows:
-        key = (r["method"], r["ipc"], r["seed"], tuple(r["sweep"]) if r["sweep"] else None)
+        key = _quality_key(r)  # a quality cell's key: method, IPC, seed and sweep value
         if r["method"] != FULL and key in by_key and (methods is None or r["method"] in methods):
             groups.setdefault((r["ipc"], r["recipe"], r["epochs"]), []).append((r["top1"], by_key[key]))
     out = []

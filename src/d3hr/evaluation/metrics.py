@@ -87,8 +87,7 @@ def spearman_interval(x: Sequence[float], y: Sequence[float], level: float = 0.9
     n = len(a)
     if n < 4 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
-    ra, rb = stats.rankdata(a), stats.rankdata(b)
-    rho = float(np.corrcoef(ra, rb)[0, 1])  # Pearson's r of the ranks
+    rho = float(stats.spearmanr(a, b).statistic)  # Pearson's r of the (average) ranks
     if abs(rho) >= 1.0:
         return Correlation(math.copysign(1.0, rho), math.copysign(1.0, rho), math.copysign(1.0, rho), n)
     half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(SPEARMAN_Z_VARIANCE / (n - 3))
