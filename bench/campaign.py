@@ -115,8 +115,9 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     seed), the set quality of every method at IPC 10, and d3hr-herd (group sampling, then herding of the generated
     pool on the teacher's features) beside them, at IPC 1, 10 and 50.
     ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
-    of the default rule and K = 31 (paired by seed): per-class caps 50, 100, 300 and every image at IPC 10, every image
-    at IPC 50, and K = 10, 15, 20, 25, 40 at IPC 10.
+    of the default rule and K = 31 (paired by seed): exact per-class caps 50, 100, 300, 1,000 and every image, and
+    the rule at tolerance 0.3, at IPC 10 (each seed drawing its own subsample); every image at IPC 50; and K = 10,
+    15, 20, 25, 40 at IPC 10.
     ``smoke``: tiny parts on digits (the test's)."""
     if name == "smoke":
         fast = ("--epochs", "2", "--set", "data.limit=200", "--set", "generator.vae.steps=4", "--set",
@@ -149,8 +150,15 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
         parts += [Part(f"herd-ipc50-seed{s}", ("d3hr-herd",), 50, (s,)) for s in range(5)]  # pools of 500 per class
         return parts
     if name == "subsample":  # after the grid's D3HR cells of the same seeds (ipc10-seedS, ipc50-d3hr-seedS)
-        parts = [Part(f"sub-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="invert.per_class=50,100,300,all",
-                      once_minutes=FULL_INVERSION_MINUTES if s == 0 else 0.0) for s in range(3)]
+        # exact caps (no rule) and each seed its own visiting order, so the spread over seeds includes the draw of
+        # the subsample; 'all' is every image in dataset order, one inversion for every seed
+        own = ("--set", "invert.seed=null")
+        parts = [Part(f"sub-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="invert.per_class=50,100,300,1000,all",
+                      extra=(*own, "--set", "invert.tolerance=null"),
+                      once_minutes=(FULL_INVERSION_MINUTES if s == 0 else 0.0) + 9.0) for s in range(3)]
+        # the rule at a looser tolerance (the default is 0.2), each seed its own order
+        parts += [Part(f"tol-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="invert.tolerance=0.3", extra=own,
+                       once_minutes=1.0) for s in range(3)]
         parts += [Part(f"depth-ipc10-seed{s}", ("d3hr",), 10, (s,), sweep="diffusion.inversion_steps=10,15,20,25,40",
                        once_minutes=10.0 if s == 0 else 0.0) for s in range(3)]  # 5 inversions of ~3,600 images
         parts += [Part(f"sub-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep="invert.per_class=all") for s in range(3)]

@@ -275,8 +275,9 @@ def write_table(results: Path, ipc: int) -> None:
 
 def grid(args: argparse.Namespace) -> None:
     """Real runs instead of emulated ones: every D3HR cell at ``--ipc`` of the compare folder ``--out`` without a
-    sweep (the default rule) or with an ``invert.per_class`` sweep; the ``all`` cell of the same seed is the
-    reference. Writes RESULTS/grid-ipc<IPC>.json and .md."""
+    sweep (the default rule), with an ``invert.per_class`` sweep or with an ``invert.tolerance`` sweep (setting
+    ``rule<tolerance>``); the ``all`` cell of the same seed is the reference. A run whose statistics came from the
+    cache (another seed's inversion) is timed by the run that made them. Writes RESULTS/grid-ipc<IPC>.json and .md."""
     from d3hr.config import load_config
     from d3hr.utils.io import load_tensors
 
@@ -284,10 +285,15 @@ def grid(args: argparse.Namespace) -> None:
     for r in json.loads((args.out / "results.json").read_text())["cells"]:
         sweep = r["sweep"]
         if (r["method"], r["ipc"], r["student"]) == ("d3hr", args.ipc, "convnet") and (
-                sweep is None or sweep[0] == "invert.per_class"):
-            cell = cells.setdefault(("rule" if sweep is None else str(sweep[1]), r["seed"]),
-                                    {"run": args.out / "runs" / Path(r["run"]).name, "top1": {}})
+                sweep is None or sweep[0] in ("invert.per_class", "invert.tolerance")):
+            setting = ("rule" if sweep is None else
+                       f"rule{sweep[1]}" if sweep[0] == "invert.tolerance" else str(sweep[1]))
+            cell = cells.setdefault((setting, r["seed"]), {"run": args.out / "runs" / Path(r["run"]).name, "top1": {}})
             cell["top1"][r["recipe"]] = r["top1"]
+    invert = {c["run"]: json.loads((c["run"] / "stages.json").read_text())["invert"]
+              for c in cells.values() if (c["run"] / "stages.json").is_file()}
+    # runs that found their statistics in the cache (another seed's inversion) take the time of the run that made them
+    made = {v["key"]: v["seconds"] for v in invert.values() if "from_cache" not in v}
     rows = []
     for (setting, seed), cell in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         run, ref = cell["run"], cells.get(("all", seed), {}).get("run")
@@ -295,8 +301,10 @@ def grid(args: argparse.Namespace) -> None:
             continue
         stats, full = load_tensors(run / "stats.safetensors")[0], load_tensors(ref / "stats.safetensors")[0]
         weights = tuple(load_config(run / "config.yaml").select.weights)
+        inv = invert[run]
         rows.append({"setting": setting, "seed": seed, "images": int(stats["count"].sum()),
-                     "inversion_seconds": json.loads((run / "stages.json").read_text())["invert"]["seconds"],
+                     "inversion_seconds": made.get(inv["key"]) if "from_cache" in inv else inv["seconds"],
+                     "inverted_here": "from_cache" not in inv,
                      "errors": _errors(stats, full), "selection_loss_vs_full": _selection_loss(run, full, weights),
                      "top1": cell["top1"]})
     results = Path(args.results)
@@ -306,16 +314,17 @@ def grid(args: argparse.Namespace) -> None:
     by: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by.setdefault(r["setting"], []).append(r)
-    full_seconds = [r["inversion_seconds"] for r in by.get("all", [])]
+    full_seconds = [r["inversion_seconds"] for r in by.get("all", []) if r["inversion_seconds"] is not None]
     lines = [f"IPC {args.ipc}: real runs (D3HR cells of one compare folder), mean ± std over seeds; inversion time as "
              "the invert stage measured it", "",
              "| per class | seeds | images | inversion time | speed-up | mu err (/sigma) | sigma rel. err "
              "| gamma abs. err | selection loss vs full | " + " | ".join(f"top-1 {k}" for k in recipes) + " |",
              "|" + "---|" * (9 + len(recipes))]
-    order = sorted(by, key=lambda k: (k == "all", k != "rule", int(k) if k.isdigit() else 0))
+    order = sorted(by, key=lambda k: (k == "all", not k.startswith("rule"), int(k) if k.isdigit() else 0, k))
     for setting in order:
         rs = by[setting]
-        sec = sum(r["inversion_seconds"] for r in rs) / len(rs)
+        timed = [r["inversion_seconds"] for r in rs if r["inversion_seconds"] is not None]
+        sec = sum(timed) / len(timed) if timed else 0.0
         speed = f"{(sum(full_seconds) / len(full_seconds)) / sec:.1f}x" if full_seconds and sec > 0 else "-"
         lines.append(f"| {setting} | {len(rs)} | {sum(r['images'] for r in rs) / len(rs):.0f} | {sec / 60:.1f} min | "
                      f"{speed} | {_ms([r['errors']['mean_in_std'] for r in rs], digits=3)} | "

@@ -151,17 +151,28 @@ def test_invert_subsample_reads_real_runs_of_a_compare_folder(tmp_path):
               *(a for s in [*FAST_TRAIN, "invert.check_every=10", "invert.tolerance=0.4"] for a in ("--set", s))]
     _run(*common)
     _run(*common, "--sweep", "invert.per_class=20,all")
+    _run(*common, "--sweep", "invert.tolerance=0.8")
+    # seed 2's per_class=all reads seed 1's statistics from the cache: timed by the run that inverted
+    seeds = common.index("--seeds") + 1  # "1": one seed, seed 0
+    _run(*common[:seeds], "2-2", *common[seeds + 1:], "--sweep", "invert.per_class=all")
     out = _run(str(BENCH / "invert_subsample.py"), "grid", "--out", str(tmp_path / "grid"), "--ipc", "2",
                "--results", str(tmp_path / "results"))
-    rows = {r["setting"]: r for r in json.loads((tmp_path / "results" / "grid-ipc2.json").read_text())["rows"]}
-    assert set(rows) == {"rule", "20", "all"}
+    records = json.loads((tmp_path / "results" / "grid-ipc2.json").read_text())["rows"]
+    again = next(r for r in records if r["seed"] == 2)
+    rows = {r["setting"]: r for r in records if r["seed"] == 0}
+    assert set(rows) == {"rule", "rule0.8", "20", "all"}
+    assert again["setting"] == "all" and not again["inverted_here"] and rows["all"]["inverted_here"]
+    assert again["inversion_seconds"] == rows["all"]["inversion_seconds"] > 0
+    assert rows["rule0.8"]["images"] < rows["rule"]["images"]  # a looser tolerance stops earlier
     assert rows["20"]["images"] == 200 and rows["all"]["images"] == 600  # data.limit=600: 60 a class
     assert rows["all"]["errors"] == {"mean_in_std": 0.0, "std_rel": 0.0, "skewness_abs": 0.0}
     assert rows["20"]["errors"]["mean_in_std"] > 0 and rows["rule"]["images"] < 600
     own = json.loads((tmp_path / "grid" / "runs" / "d3hr-ipc2-seed0-per_classall" / "stages.json").read_text())
     assert rows["all"]["selection_loss_vs_full"] == pytest.approx(own["select"]["mean_loss"], rel=1e-4)
     assert all(0 <= r["top1"]["dc"] <= 1 for r in rows.values())
-    assert "| rule | 1 |" in out and (tmp_path / "results" / "grid-ipc2.md").is_file()
+    assert "| rule | 1 |" in out and "| all | 2 |" in out and (tmp_path / "results" / "grid-ipc2.md").is_file()
+    table = [line.split(" | ")[0] for line in out.splitlines() if line.startswith("| ")][1:]  # after the header
+    assert table == ["| rule", "| rule0.8", "| 20", "| all"]
 
 
 @pytest.fixture(scope="module")
