@@ -255,6 +255,8 @@ def test_debug_shows_the_traceback_and_a_bug_keeps_it(tmp_path, monkeypatch, cap
     (["--student", "convnett"], "unknown student 'convnett'"),
     (["--sweep", "select.ipcc=1,2"], "unknown config key 'select.ipcc'"),
     (["--sweep", "select.candidates=10,0"], "select.candidates must be >= 1, got 0"),
+    (["--set", "invert.tolerance=null", "--sweep", "invert.per_class=20,auto"],
+     "invert.per_class=auto needs invert.tolerance"),  # the base is checked cell by cell: this cell cannot run
     (["--device", "gpu"], "unknown device 'gpu'"),
 ])
 def test_compare_checks_the_whole_grid_before_the_first_cell(args, needle, tmp_path, monkeypatch, capsys):
@@ -265,6 +267,28 @@ def test_compare_checks_the_whole_grid_before_the_first_cell(args, needle, tmp_p
     assert main([*argv, *[x for kv in base.items() for x in kv]]) == 2
     _one_line_error(capsys, needle)
     assert not (tmp_path / "grid").exists()
+
+
+def test_compare_checks_the_swept_cells_not_the_base_they_complete(tmp_path, monkeypatch):
+    """Exact caps need the rule off (invert.tolerance=null), which the default per_class=auto refuses; under a
+    sweep of per_class the base never runs as it is, so the grid starts, each cell with its cap."""
+    seen = []
+
+    class Started(Exception):
+        pass
+
+    def distill(cfg):
+        seen.append((cfg.invert.per_class, cfg.invert.tolerance))
+        raise Started
+
+    monkeypatch.setattr(importlib.import_module("d3hr.api"), "distill", distill)
+    argv = ["compare", "--dataset", "digits", "--epochs", "1", "--out", str(tmp_path / "grid"), *SETS, "--methods",
+            "d3hr", "--ipc", "1", "--seeds", "1", "--labels", "hard", "--set", "invert.tolerance=null",
+            "--sweep", "invert.per_class=20,all"]
+    with pytest.raises(Started):
+        main(argv)
+    assert seen == [(20, None)]
+    assert main(argv[:-2]) == 2  # without the sweep the base itself would run: refused
 
 
 def test_too_few_images_for_statistics_is_refused_before_training(tmp_path, monkeypatch, capsys):

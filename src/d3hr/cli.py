@@ -266,8 +266,10 @@ def _seeds(text: str, flag: str) -> int | list[int]:
 def _compare(args: argparse.Namespace) -> int:
     from d3hr.compare import compare, parse_sweep
 
-    base = load_config(args.config, overrides_from(args, COMPARE_FLAGS))
     sweep = parse_sweep(args.sweep) if args.sweep else None
+    # under a sweep no cell runs the base as it is (e.g. --set invert.tolerance=null beside --sweep
+    # invert.per_class=50,all): compare validates every cell's config before any work instead
+    base = load_config(args.config, overrides_from(args, COMPARE_FLAGS), check=sweep is None)
     labels = [v.strip() for v in args.labels.split(",") if v.strip()]
     result = compare(base, [m.strip() for m in args.methods.split(",") if m.strip()], _int_list(args.ipc, "--ipc"),
                      _seeds(args.seeds, "--seeds"), args.out, labels=labels,
