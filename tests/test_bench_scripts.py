@@ -152,7 +152,7 @@ def test_invert_subsample_reads_real_runs_of_a_compare_folder(tmp_path):
     _run(*common)
     _run(*common, "--sweep", "invert.per_class=20,all")
     _run(*common, "--sweep", "invert.tolerance=0.8")
-    # seed 2's per_class=all reads seed 1's statistics from the cache: timed by the run that inverted
+    # seed 2's per_class=all reads seed 0's statistics from the cache: timed by the run that inverted
     seeds = common.index("--seeds") + 1  # "1": one seed, seed 0
     _run(*common[:seeds], "2-2", *common[seeds + 1:], "--sweep", "invert.per_class=all")
     out = _run(str(BENCH / "invert_subsample.py"), "grid", "--out", str(tmp_path / "grid"), "--ipc", "2",
