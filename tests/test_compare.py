@@ -44,6 +44,10 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     assert "| random-real | rded | 1 | 2 |  | 0.0 ± 0.0 |" in table  # IOR of random real is 0 by definition
     result = json.loads((out / "results.json").read_text())
     assert len(result["cells"]) == 4 and {r["n"] for r in result["summary"]} == {2}
+    for r in result["cells"]:  # each row names the set it trained on, as its run's own record does
+        record = json.loads((Path(r["run"]) / "eval" / "results.json").read_text())["records"][0]
+        assert r["images_sha256"] == record["images_sha256"] and len(r["images_sha256"]) == 64
+    assert len({r["images_sha256"] for r in result["cells"]}) == 4
     assert (out / "accuracy.png").stat().st_size > 1000
     pointers = {json.loads(p.read_text())["path"] for p in (out / "runs").rglob("generator.json")}
     assert len(pointers) == 1  # every d3hr cell used the same cached generator
@@ -69,6 +73,18 @@ def test_merge_rows_keeps_earlier_cells_and_replaces_redone_ones():
     table = {(r["method"], r["ipc"], r["epochs"]): r for r in summarise(merged)}
     assert table[("d3hr", 10, 300)]["n"] == 2 and abs(table[("d3hr", 10, 300)]["mean"] - 65.0) < 1e-9
     assert table[("d3hr", 50, 100)]["n"] == 1
+
+
+def test_soft_label_cells_scored_by_different_teachers_are_flagged():
+    from d3hr.compare import teachers_line
+
+    def row(seed, sha):
+        return {"method": "d3hr", "ipc": 10, "seed": seed, "recipe": "rded", "teacher_sha256": sha}
+
+    one = [row(0, "a" * 64), row(1, "a" * 64), {**row(2, None), "recipe": "dc"}]
+    assert teachers_line(one) == ""  # one teacher; hard-label rows name none
+    line = teachers_line([*one, row(3, "b" * 64)])
+    assert "2 different teachers" in line and f"{'a' * 12}: 2 cells; {'b' * 12}: 1 cell)" in line
 
 
 def test_parse_sweep_accepts_comma_lists_and_yaml_lists():

@@ -143,7 +143,10 @@ def write_results(out: Path, dataset: str, student: str, teacher_epochs: int | N
                                      if generated != {r["method"] for r in rows} - {FULL} else [])}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
-    write_text(out / "results.md", markdown_table(table, dataset, student) + full_data_line(table, teacher)
+    mixed = teachers_line(rows)
+    if mixed:
+        say(f"[compare] warning: {mixed.strip()}")
+    write_text(out / "results.md", markdown_table(table, dataset, student) + full_data_line(table, teacher) + mixed
                + paired_table(result["paired"]) + scores_table(result["scores"])
                + quality_table(result.get("set_metrics", {}).get("summary", []))
                + tracking_table(result.get("set_metrics", {}).get("accuracy", [])))
@@ -228,7 +231,7 @@ def _row(method: str, ipc: int | None, seed: int, sweep: tuple[str, Any] | None,
     return {"method": method, "ipc": ipc, "seed": seed, "labels": rec["labels"], "recipe": rec["recipe"],
             "setup": rec["setup"], "sweep": list(sweep) if sweep else None, "student": student,
             "epochs": rec["epochs"], "top1": rec["top1"], "teacher": res.get("teacher"),
-            "teacher_sha256": rec.get("teacher_sha256"), "run": run}
+            "teacher_sha256": rec.get("teacher_sha256"), "images_sha256": rec.get("images_sha256"), "run": run}
 
 
 def _cell_key(r: dict[str, Any]) -> tuple:
@@ -512,6 +515,22 @@ def full_data_line(table: list[dict[str, Any]], teacher: dict[str, Any] | None) 
                  f"{teacher.get('epochs', '?')} epochs on {teacher.get('train_images', '?')} images, "
                  f"{100 * teacher['test_top1']:.1f}% test top-1, weights sha256 {str(teacher.get('sha256'))[:12]}.\n")
     return text
+
+
+def teachers_line(rows: list[dict[str, Any]]) -> str:
+    """A warning when the soft-label cells were scored by more than one teacher (a grid run in parts where the
+    teacher was retrained with other weights, e.g. on another machine): their paired differences then mix teachers.
+    Empty when they name one teacher (or none)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.get("teacher_sha256"):
+            counts[r["teacher_sha256"]] = counts.get(r["teacher_sha256"], 0) + 1
+    if len(counts) < 2:
+        return ""
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+    named = "; ".join(f"{sha[:12]}: {n} cell{'s' * (n > 1)}" for sha, n in ranked)
+    return (f"\nThe soft-label cells name {len(counts)} different teachers (weights sha256 {named}): their means and "
+            "paired differences mix teachers.\n")
 
 
 def paired_table(paired: list[dict[str, Any]]) -> str:
