@@ -181,6 +181,20 @@ def test_an_image_that_does_not_match_its_sha256_is_reported(packed, tmp_path, c
     assert [d["image"] for d in info.value.report["differ"]] == ["images/1_1/00001.png"]
 
 
+def test_images_made_with_other_kernels_name_them_as_the_likely_cause(packed, tmp_path, capsys):
+    from d3hr.utils.dist import kernels
+
+    meta = load_pack(packed).meta
+    assert meta["generation"]["kernels"] == kernels("cpu") and kernels("cpu").startswith("cpu ")
+    sha = load_tensors(packed)[0]["image_sha256"].clone()
+    sha[0, 0] ^= 1
+    elsewhere = _rewrite(packed, tmp_path / "elsewhere.d3hr", {"image_sha256": sha},
+                         generation={**meta["generation"], "kernels": "cpu ELSEWHERE"})
+    assert main(["unpack", str(elsewhere), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"made with cpu ELSEWHERE kernels, these with {kernels('cpu')}" in err and err.count("\n") == 1
+
+
 def test_another_generator_is_refused_unless_forced(root, packed, tmp_path, capsys):
     import d3hr
     from d3hr.generator.model import generator_sha256

@@ -17,6 +17,7 @@ from d3hr.distillation.context import Context
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
 from d3hr.runfolder import IMAGES, IMAGES_PARTIAL, SELECTION, class_folder_names, save_class_pngs, selection_counts
+from d3hr.utils.dist import kernels
 from d3hr.utils.io import load_tensors, read_json, replace_dir, sha256_json, write_json
 from d3hr.utils.progress import progress
 
@@ -103,6 +104,7 @@ def run(ctx: Context, previous: str | None) -> str:
         key_file.unlink()
         replace_dir(partial, out)
         ctx.record(NAME, key, time.time() - t0, images=sum(counts), processes=ctx.world.size,
-                   threads=torch.get_num_threads(), device=str(ctx.device))  # what byte-identical images need
+                   threads=torch.get_num_threads(), device=str(ctx.device),
+                   kernels=kernels(ctx.device))  # what byte-identical images need
     ctx.world.barrier()
     return key

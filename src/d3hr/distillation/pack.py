@@ -197,7 +197,7 @@ def pack_run(run: str | Path, out: str | Path | None = None) -> dict[str, Any]:
             "strategy": sel_meta.get("strategy"), "config": _config_values(cfg, stages),
             "keys": {"select": stages["select"]["key"], "generate": made["key"]},
             "dataset": manifest.get("dataset") or {}, "generator": generator,
-            "generation": {k: made.get(k) for k in ("threads", "device", "processes")},
+            "generation": {k: made.get(k) for k in ("threads", "device", "processes", "kernels")},
             "method_details": manifest.get("method_details", {}), "short_classes": manifest.get("short_classes", {})}
     check(meta, PACK, "the pack")
     path = Path(out) if out is not None else root.parent / f"{root.name}{SUFFIX}"

@@ -25,6 +25,7 @@ from d3hr.distillation.pack import Packed, load_pack, signatures
 from d3hr.distillation.pipeline import Run
 from d3hr.errors import D3HRError
 from d3hr.runfolder import MANIFEST, SELECTION, listed_images
+from d3hr.utils.dist import kernels
 from d3hr.utils.io import read_json, save_tensors, sha256_json
 from d3hr.utils.progress import say
 from d3hr.utils.schema import check_manifest
@@ -130,7 +131,10 @@ def _differ_message(packed: Packed, report: dict[str, Any]) -> str:
     shown = ", ".join(f"{x['image']} ({x['thumbnail_max_diff']})" for x in d[:3])
     shown += f" and {len(d) - 3} more" if len(d) > 3 else ""
     made, here = packed.meta["generation"], report["generation"]
-    if made.get("threads") is not None and (made["threads"], made["device"]) != (here["threads"], here["device"]):
+    if made.get("kernels") is not None and made["kernels"] != here["kernels"]:
+        cause = (f"the packed images were made with {made['kernels']} kernels, these with {here['kernels']}: "
+                 "another instruction set rounds differently")
+    elif made.get("threads") is not None and (made["threads"], made["device"]) != (here["threads"], here["device"]):
         cause = (f"the packed images were made with {made['threads']} thread(s) on {made['device']}, these with "
                  f"{here['threads']} on {here['device']}: byte-identical images need the same")
     else:
@@ -179,7 +183,8 @@ def unpack_set(path: str | Path, out: str | Path, generator: str | None = None, 
     report = ctx.world.broadcast(compare_images(ctx.root, packed) if ctx.world.is_main else None)
     report |= {"run": str(ctx.root), "pack": str(packed.path), "method": packed.meta["method"],
                "seconds": round(time.time() - t0, 2), "forced": other is not None,
-               "generation": {"threads": torch.get_num_threads(), "device": str(ctx.device)}}
+               "generation": {"threads": torch.get_num_threads(), "device": str(ctx.device),
+                              "kernels": kernels(ctx.device)}}
     if report["differ"] and other is None:
         raise ImagesDiffer(_differ_message(packed, report), report)
     return report

@@ -27,7 +27,7 @@ from d3hr.evaluation.students import check_student, create_student
 from d3hr.evaluation.teacher import flip_default, get_teacher
 from d3hr.evaluation.train import channel_stats, train_model
 from d3hr.runfolder import IMAGES, MANIFEST, listed_images
-from d3hr.utils.dist import check_device, get_world, rank_device
+from d3hr.utils.dist import check_device, get_world, kernels, rank_device
 from d3hr.utils.folders import cache_dir, owns, writable_cache
 from d3hr.utils.io import read_json, sha256_file
 from d3hr.utils.progress import say
@@ -108,8 +108,8 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str | None =
         result = train_model(model, images, targets, rcp, s, teacher=teacher_model, test=(test_pixels, test_targets),
                              track_last=best_of_last, desc=tag, norm=norm, checkpoint=ckpt)
         rec = {**base, "seed": s, "top1": result.top1, "train_images": len(images), "test_images": len(test),
-               "final_loss": result.losses[-1], "device": str(device), "processes": world.size,
-               "seconds": round(time.time() - t0, 1)}
+               "final_loss": result.losses[-1], "device": str(device), "kernels": kernels(device),
+               "processes": world.size, "seconds": round(time.time() - t0, 1)}
         if best_of_last:
             rec[f"top1_best_of_last_{best_of_last}_epochs"] = max(result.last_top1)
         say(f"[evaluate] {tag}: top-1 {100 * result.top1:.2f}%")

@@ -34,7 +34,7 @@ from d3hr.evaluation.recipes import TEACHER_RECIPE, Recipe, get_recipe
 from d3hr.evaluation.results import file_lock
 from d3hr.evaluation.students import create_student
 from d3hr.evaluation.train import train_model
-from d3hr.utils.dist import get_world
+from d3hr.utils.dist import get_world, kernels
 from d3hr.utils.folders import cache_dir
 from d3hr.utils.io import load_tensors, save_tensors, sha256_json, write_json
 from d3hr.utils.progress import say
@@ -160,7 +160,7 @@ def _train_teacher(path: Path, data: DataConfig, test: ImageSet, arch: str, reci
             "num_classes": len(test.classes), "channels": test.channels, "resolution": test.resolution,
             "epochs": recipe.epochs, "seed": TEACHER_SEED, "train_images": len(train), "test_images": len(test),
             "test_top1": result.top1, "recipe": recipe.name, "setup": recipe.settings(),
-            "sha256": weights_sha256(model), "seconds": round(time.time() - t0, 1)}
+            "sha256": weights_sha256(model), "seconds": round(time.time() - t0, 1), "kernels": kernels(device)}
     if get_world().is_main:
         save_tensors(path, model.state_dict(), meta)
         write_json(path.with_suffix(".json"), meta)

@@ -26,7 +26,7 @@ from d3hr.diffusion.ddim import forward_noise
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
 from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
-from d3hr.utils.dist import World, get_world
+from d3hr.utils.dist import World, get_world, kernels
 from d3hr.utils.io import replace_dir
 from d3hr.utils.progress import progress
 from d3hr.utils.seeding import generator_for
@@ -267,7 +267,8 @@ def train_small(cfg: Config, ds: ImageSet, device: torch.device, path: Path,
                "dit_final_loss": dit_losses[-1] if dit_losses else None}
     gen.info = {**provenance, "classes": ds.classes, "vae": asdict(g.vae), "dit": asdict(g.dit), "seed": g.seed,
                 "scaling_factor": scale, "vae_mse_per_epoch": vae_losses, "dit_loss_per_epoch": dit_losses,
-                "quality": quality, "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)}}
+                "quality": quality, "seconds": {"vae": round(t_vae, 1), "dit": round(t_dit, 1)},
+                "kernels": kernels(device)}
     if world.is_main:
         out = path.with_name(path.name + ".out")
         shutil.rmtree(out, ignore_errors=True)

@@ -135,6 +135,19 @@ def check_device(device: str) -> str:
     return device
 
 
+def kernels(device: str | torch.device) -> str:
+    """What the last bits of float results depend on besides the code, the seed and the thread count: on the CPU the
+    vector instruction set PyTorch dispatches to ('AVX2', 'AVX512', ...: another set rounds differently, so a model
+    retrained on such a machine is another model), on a GPU its name. Recorded beside results so that a difference
+    between machines can be told from a bug."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    if dev.type == "cpu":
+        return f"cpu {torch.backends.cpu.get_cpu_capability()}"
+    return dev.type
+
+
 def rank_device(device: str, world: World) -> str:
     """One CUDA device per local rank ('cuda' -> 'cuda:<local_rank>'); other devices unchanged."""
     if device == "cuda" and world.distributed:

@@ -138,7 +138,7 @@ SHA256 = Match(r"[0-9a-f]{64}", "a sha256 hex digest")
 FOLDER_NAME = Match(r"[^/\\\x00]+", "a folder name")
 NORMALITY = MapOf(NUMBER)
 STAGE = Obj({"key": str}, {"seconds": NUMBER, "peak_rss_mb": NUMBER, "path": str, "processes": int, "images": int,
-                           "threads": int, "device": str,
+                           "threads": int, "device": str, "kernels": str,
                            "from_cache": str, "normality_z0": NORMALITY, "normality_zk": NORMALITY,
                            "mean_loss": NUMBER, "mean_loss_gain_over_first": NUMBER, "short_classes": MapOf(int),
                            "details": dict, "inversion_steps": int, "subsample": dict, "depth": dict,
@@ -177,7 +177,8 @@ PACK = Obj({"format": str, "format_version": int, "d3hr": str, "method": str,
             "form": Match("|".join(PACK_FORMS), " or ".join(PACK_FORMS)), "ipc": int,
             "classes": ListOf(str), "config": dict, "keys": Obj({"select": SHA256, "generate": SHA256}),
             "dataset": dict, "generator": Nullable(Obj({"sha256": SHA256, "hint": str})),
-            "generation": Obj({}, {"threads": Nullable(int), "device": Nullable(str), "processes": Nullable(int)}),
+            "generation": Obj({}, {"threads": Nullable(int), "device": Nullable(str), "processes": Nullable(int),
+                                   "kernels": Nullable(str)}),
             "method_details": dict, "short_classes": MapOf(int)},
            {"latent_shape": Nullable(ListOf(int)), "strategy": Nullable(str)})
 
