@@ -48,7 +48,7 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
     for r in result["cells"]:  # each row names the set it trained on, as its run's own record does
         record = json.loads((Path(r["run"]) / "eval" / "results.json").read_text())["records"][0]
         assert r["images_sha256"] == record["images_sha256"] and len(r["images_sha256"]) == 64
-        assert record["kernels"] == kernels("cpu")  # the instruction set its arithmetic ran on
+        assert r["kernels"] == record["kernels"] == kernels("cpu")  # the instruction set its arithmetic ran on
     assert len({r["images_sha256"] for r in result["cells"]}) == 4
     assert (out / "accuracy.png").stat().st_size > 1000
     pointers = {json.loads(p.read_text())["path"] for p in (out / "runs").rglob("generator.json")}

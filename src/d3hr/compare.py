@@ -231,7 +231,8 @@ def _row(method: str, ipc: int | None, seed: int, sweep: tuple[str, Any] | None,
     return {"method": method, "ipc": ipc, "seed": seed, "labels": rec["labels"], "recipe": rec["recipe"],
             "setup": rec["setup"], "sweep": list(sweep) if sweep else None, "student": student,
             "epochs": rec["epochs"], "top1": rec["top1"], "teacher": res.get("teacher"),
-            "teacher_sha256": rec.get("teacher_sha256"), "images_sha256": rec.get("images_sha256"), "run": run}
+            "teacher_sha256": rec.get("teacher_sha256"), "images_sha256": rec.get("images_sha256"),
+            "kernels": rec.get("kernels"), "run": run}
 
 
 def _cell_key(r: dict[str, Any]) -> tuple:
