@@ -5,7 +5,7 @@ full; soft and hard labels; 5 seeds; cross-architecture at IPC 10) costs many CP
 ``d3hr compare`` into one OUT folder (``--seeds`` naming the part's seeds), so its cells are ordinary run folders
 that resume, and its rows join those of earlier parts in OUT/results.json. After each part, OUT/results.json,
 results.md and accuracy.png are copied to ``--results`` (committed), with ``parts.json``: per part its command, wall
-seconds, threads and when it ran. On a machine where OUT does not exist, ``run`` first copies the committed
+seconds, threads, the CPU's instruction set (``kernels``) and when it ran. On a machine where OUT does not exist, ``run`` first copies the committed
 results.json back into OUT, so a fresh machine redoes only what is missing (the caches of generator, statistics and
 teacher are rebuilt by the first part that needs them).
 
@@ -231,7 +231,8 @@ def list_parts(results: Path, name: str) -> None:
         state = "done" if _done(part, table) else "todo"
         took = record.get(part.name, {}).get("seconds")
         if took:
-            shown = f"{took / 60:.0f} min"
+            where = record[part.name].get("kernels")
+            shown = f"{took / 60:.0f} min" + (f" ({where})" if where else "")
         else:
             shown = "not timed (before parts.json)" if state == "done" else f"~{part.minutes(table):.0f} min (estimate)"
         print(f"{part.name:<28} {state:<5} {shown}")
@@ -241,6 +242,8 @@ def list_parts(results: Path, name: str) -> None:
 def run_parts(args: argparse.Namespace) -> None:
     out, results = Path(args.out), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
+    from d3hr.utils.dist import kernels  # the instruction set each part ran on, into parts.json
+
     until = _deadline(args.until)
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "D3HR_QUIET": os.environ.get("D3HR_QUIET", "0")}
@@ -264,8 +267,8 @@ def run_parts(args: argparse.Namespace) -> None:
             sys.exit(f"[campaign] {part.name} failed (exit {proc.returncode}); rerun to resume it")
         record = _load(results / "parts.json")
         record[part.name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
-            time.monotonic() - start, 1), "threads": threads, "finished": datetime.datetime.now().isoformat(
-            timespec="seconds")}
+            time.monotonic() - start, 1), "threads": threads, "kernels": kernels("cpu"),
+            "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         kept.mkdir(parents=True, exist_ok=True)
         for name in ("results.json", "results.md", "accuracy.png"):
             if (where / name).is_file():

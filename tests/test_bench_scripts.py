@@ -233,6 +233,7 @@ def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_ta
         ("base-rs", str(sweep), "None")}  # the swept cell against its method's default
     parts = json.loads((results / "parts.json").read_text())
     assert set(parts) == {"smoke-a", "smoke-b", "smoke-c"} and all(p["seconds"] > 0 for p in parts.values())
+    assert all(p["kernels"].startswith("cpu ") for p in parts.values())  # which machine type ran it
     assert "--seeds 1-1" in parts["smoke-b"]["command"] and (results / "results.md").is_file()
     assert "--sweep select.candidates=32 --metrics" in parts["smoke-c"]["command"]
     assert parts["smoke-b"]["command"].endswith("--ars")  # and its cell without augmentation, for ARS
