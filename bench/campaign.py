@@ -5,9 +5,10 @@ full; soft and hard labels; 5 seeds; cross-architecture at IPC 10) costs many CP
 ``d3hr compare`` into one OUT folder (``--seeds`` naming the part's seeds), so its cells are ordinary run folders
 that resume, and its rows join those of earlier parts in OUT/results.json. After each part, OUT/results.json,
 results.md and accuracy.png are copied to ``--results`` (committed), with ``parts.json``: per part its command, wall
-seconds, threads, the CPU's instruction set (``kernels``) and when it ran. On a machine where OUT does not exist, ``run`` first copies the committed
-results.json back into OUT, so a fresh machine redoes only what is missing (the caches of generator, statistics and
-teacher are rebuilt by the first part that needs them).
+seconds, threads, the CPU's instruction set (``kernels``) and when it ran. On a machine where OUT does not exist,
+``run`` first copies the committed results.json back into OUT, so a fresh machine redoes only what is missing (the
+caches of generator, statistics and teacher are rebuilt by the first part that needs them: on a CPU with another
+instruction set they are other models, so keep one grid's machines alike).
 
     python bench/campaign.py list                                  # parts, done or not, and CPU hours so far
     python bench/campaign.py run --out /work/grid --until 17:10    # parts in order while the clock allows
