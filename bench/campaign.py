@@ -43,6 +43,9 @@ MINUTES = {("dc", 1): 0.3, ("dc", 10): 2.3, ("dc", 50): 14.0, ("rded", 1): 0.3, 
            ("rded", 50): 6.5}
 METRICS_MINUTES = 1.0  # d3hr metrics of one cell (features of the set; the real images' are cached), estimated
 FULL_INVERSION_MINUTES = 35.0  # every Fashion-MNIST training image to K = 31 (35 ms an image measured, 2 threads)
+# A training step of each student against ConvNet-3's (bench/student_cost.py: IPC 10's 100 images of 1x28x28,
+# recipe dc, 2 threads; bench/results/student_cost.txt).
+STUDENT_COST = {"convnet": 1.0, "convnet_d4": 1.0, "resnet18": 10.1, "vgg11": 4.2}
 FULL_MINUTES = 45.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images), estimated
 # Not in the estimates: the caches the first part that needs them builds (the teacher, 60 epochs: ~95 min; the
 # generator: ~45 min before the malloc fix).
@@ -101,8 +104,7 @@ class Part:
                   for (_m, _i, _s, r, _st, _w) in want - have)
         if self.metrics:
             est += METRICS_MINUTES * len(_wanted_quality(self) - _quality(results))
-        if self.student != "convnet":
-            est *= 4.0  # deeper students: a rough factor until measured
+        est *= STUDENT_COST.get(self.student, 10.0)  # an unmeasured student: as costly as the costliest
         if self.once_minutes and not (want & have):
             est += self.once_minutes  # the cache comes with the part's first cell
         return est

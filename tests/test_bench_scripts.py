@@ -271,6 +271,17 @@ def test_campaign_estimates_only_what_is_missing_and_deadlines_roll_past_midnigh
     assert part.minutes(table) == 0.0 and c._done(part, table)
     ars = c.Part("a", ("d3hr",), 10, (0,), ("dc",), ars=True)
     assert ars.minutes(table) == pytest.approx(c.MINUTES[("dc", 10)]) and not c._done(ars, table)
+    deep = c.Part("r", ("d3hr",), 10, (0,), ("dc",), "resnet18")
+    assert deep.minutes({}) == pytest.approx(c.MINUTES[("dc", 10)] * c.STUDENT_COST["resnet18"])
+    assert {p.student for p in c.plan()} <= set(c.STUDENT_COST)  # every student of the plan has a measured cost
     soon = datetime.datetime.now() - datetime.timedelta(minutes=5)
     wait = c._deadline(f"{soon.hour:02d}:{soon.minute:02d}") - datetime.datetime.now().timestamp()
     assert 23 * 3600 < wait <= 24 * 3600
+
+
+def test_student_cost_times_each_student_beside_the_first():
+    out = _run(str(BENCH / "student_cost.py"), "--students", "convnet,vgg11", "--images", "4", "--size", "8",
+               "--epochs", "1", "--threads", "1")
+    rows = {r[0]: r for r in _rows(out, "convnet") + _rows(out, "vgg11")}
+    assert set(rows) == {"convnet", "vgg11"} and rows["convnet"][2] == "1.0x" and float(rows["vgg11"][1]) > 0
+

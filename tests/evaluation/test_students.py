@@ -10,7 +10,7 @@ from d3hr.evaluation import create_student, list_students
 from d3hr.evaluation.students import ConvNet
 
 
-@pytest.mark.parametrize("channels,size", [(1, 8), (3, 32)])
+@pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])
 @pytest.mark.parametrize("name", list_students())
 def test_every_student_runs(name: str, channels: int, size: int) -> None:
     torch.manual_seed(0)
@@ -35,6 +35,19 @@ def test_resnet18_small_stem() -> None:
     assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
     assert isinstance(model.maxpool, torch.nn.Identity)
     assert create_student("resnet18", 10, 3, 224).conv1.kernel_size == (7, 7)
+
+
+def test_vgg11_pads_small_images_to_a_multiple_of_32() -> None:
+    from d3hr.evaluation.students import SmallVGG
+
+    model = create_student("vgg11", 10, 1, 28)
+    assert isinstance(model, SmallVGG) and model.features[0].padding == (2, 2, 2, 2)  # 28 -> 32, as DC pads MNIST
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [64, 128, 256, 256, 512, 512, 512, 512]  # configuration A
+    assert model.classifier.in_features == 512  # five poolings: 32 -> 1
+    assert create_student("vgg11", 10, 3, 64).classifier.in_features == 512 * 2 * 2
+    assert create_student("vgg11", 10, 3, 27).features[0].padding == (2, 3, 2, 3)  # odd: one more on the far side
+    assert not isinstance(create_student("vgg11", 10, 3, 96), SmallVGG)  # torchvision's above 64 px
 
 
 def test_torchvision_fallback_takes_grayscale() -> None:

@@ -120,3 +120,46 @@ def resnet18(num_classes: int, channels: int, image_size: int) -> nn.Module:
     elif channels != 3:
         model.conv1 = nn.Conv2d(channels, 64, 7, stride=2, padding=3, bias=False)
     return model
+
+
+VGG11_LAYERS = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")  # configuration A: 8 convolutions
+
+
+class SmallVGG(nn.Module):
+    """VGG for small images as the dataset-distillation literature evaluates it across architectures (DC / DSA's
+    ``VGG11``): each convolution 3x3 with instance norm (one group per channel) and ReLU, 2x2 max-pooling at each
+    "M", one linear layer on the flattened last map. Five poolings need a side that is a multiple of 32, so the image
+    is first zero-padded to the next one (28 -> 32, which DC does for MNIST with a padding of 3 in the first
+    convolution; 8 -> 32): the last map is 512 x (side / 32)^2."""
+
+    def __init__(self, num_classes: int, channels: int, image_size: int, layers: tuple = VGG11_LAYERS):
+        super().__init__()
+        side = -(-image_size // 32) * 32
+        extra = side - image_size
+        modules: list[nn.Module] = [nn.ZeroPad2d((extra // 2, extra - extra // 2, extra // 2, extra - extra // 2))]
+        c_in = channels
+        for v in layers:
+            if v == "M":
+                modules.append(nn.MaxPool2d(2, 2))
+                side //= 2
+            else:
+                modules += [nn.Conv2d(c_in, v, 3, padding=1), nn.GroupNorm(v, v, affine=True), nn.ReLU(inplace=True)]
+                c_in = v
+        self.features = nn.Sequential(*modules)
+        self.classifier = nn.Linear(c_in * side * side, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))  # (B, 512, s, s) -> (B, 512 * s * s)
+
+
+@register_student("vgg11")
+def vgg11(num_classes: int, channels: int, image_size: int) -> nn.Module:
+    """VGG-11: up to 64x64 images the small-image form (``SmallVGG``, instance norm); larger ones torchvision's
+    vgg11 (whose five poolings and 7x7 adaptive pooling expect ImageNet-size images)."""
+    if image_size <= SMALL_STEM_MAX:
+        return SmallVGG(num_classes, channels, image_size)
+    import torchvision
+
+    model = torchvision.models.vgg11(weights=None, num_classes=num_classes)
+    return model if channels == 3 else _RepeatChannels(model)
+
