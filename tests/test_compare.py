@@ -77,6 +77,25 @@ def test_merge_rows_keeps_earlier_cells_and_replaces_redone_ones():
     assert table[("d3hr", 50, 100)]["n"] == 1
 
 
+def test_rows_that_another_compare_wrote_meanwhile_are_kept(tmp_path, monkeypatch):
+    """Two parts of a grid run at once into one OUT: each merges with the table as it is when it writes."""
+    from d3hr import compare as cmp
+
+    out = tmp_path / "grid"
+    real = cmp._row
+
+    def meanwhile(*a, **k):
+        row = real(*a, **k)
+        cmp.write_results(out, "digits", "convnet", None, [{**row, "seed": 7}], [], [])  # the other part finished
+        return row
+
+    monkeypatch.setattr(cmp, "_row", meanwhile)
+    assert main(["compare", "--dataset", "digits", "--methods", "random-real", "--ipc", "1", "--seeds", "0-0",
+                 "--labels", "hard", "--epochs", "1", "--out", str(out)]) == 0
+    table = json.loads((out / "results.json").read_text())
+    assert sorted(r["seed"] for r in table["cells"]) == [0, 7]
+
+
 def test_soft_label_cells_scored_by_different_teachers_are_flagged():
     from d3hr.compare import teachers_line
 

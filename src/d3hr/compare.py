@@ -29,6 +29,7 @@ from d3hr.config import Config, load_config, nest, parse_override
 from d3hr.errors import D3HRError
 from d3hr.evaluation.metrics import ars, hlr, ior, lrs, paired_t_interval, spearman_interval
 from d3hr.evaluation.recipes import DEFAULT_RECIPE, FULL_RECIPE, get_recipe
+from d3hr.evaluation.results import file_lock
 from d3hr.utils.dist import check_device
 from d3hr.utils.folders import claim
 from d3hr.utils.io import atomic_path, read_json, write_json, write_text
@@ -91,7 +92,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
         check_seeds(full_seeds, "--full-seeds")
     seeds = seed_list(seeds)
     check_device(base.device)
-    earlier, kept = _earlier_rows(out, base.data.name, student)  # refuses an OUT of another dataset before any work
+    _earlier_rows(out, base.data.name, student)  # refuses an OUT of another dataset before any work
     names = list(recipes) if recipes else [DEFAULT_RECIPE[mode] for mode in labels]
     units = [(get_recipe(n, epochs=epochs), aug) for n in names for aug in ((True, False) if ars_runs else (True,))]
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
@@ -121,9 +122,11 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
             res = evaluate(cfg.out, student=student, labels="hard", seeds=[s], epochs=full_epochs, device=cfg.device,
                            recipe=FULL_RECIPE, full=True)
             rows.append(_row(FULL, None, s, None, student, res, cfg.out))
-    rows = merge_rows(earlier, rows)
-    quality = merge_quality(_earlier_quality(out, base.data.name), quality)
-    return write_results(out, base.data.name, student, teacher_epochs, rows, kept, quality)
+    with file_lock(out / ".compare.lock"):  # another compare into OUT (a part run at once) may have written since
+        earlier, kept = _earlier_rows(out, base.data.name, student)
+        rows = merge_rows(earlier, rows)
+        quality = merge_quality(_earlier_quality(out, base.data.name), quality)
+        return write_results(out, base.data.name, student, teacher_epochs, rows, kept, quality)
 
 
 def write_results(out: Path, dataset: str, student: str, teacher_epochs: int | None, rows: list[dict[str, Any]],
