@@ -136,10 +136,10 @@ def check_device(device: str) -> str:
 
 
 def kernels(device: str | torch.device) -> str:
-    """What the last bits of float results depend on besides the code, the seed and the thread count: on the CPU the
-    vector instruction set PyTorch dispatches to ('AVX2', 'AVX512', ...: another set rounds differently, so a model
-    retrained on such a machine is another model), on a GPU its name. Recorded beside results so that a difference
-    between machines can be told from a bug."""
+    """The arithmetic a result was computed with, beside the code, the seed and the thread count: on the CPU the
+    vector instruction set PyTorch dispatches to ('AVX2', 'AVX512', ...; another one, or another CPU model, can round
+    differently, so a model retrained there is another model), on a GPU its name. Recorded beside results so that a
+    difference between machines can be told from a bug."""
     dev = torch.device(device)
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
