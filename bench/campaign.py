@@ -16,9 +16,9 @@ instruction set they are other models, so keep one grid's machines alike).
     python bench/campaign.py run --out /work/grid --plan subsample # other plans, into the same OUT (paired by seed)
     python bench/campaign.py tables                                # the tables again from results.json (no training)
 
-A part starts only when the estimate of its missing cells (minutes per cell below, measured on this 2-core machine
-at 2 threads) fits before ``--until`` (the next such clock time, tomorrow's when it has passed today); one that is
-stopped resumes from its cells' checkpoints next time.
+A part starts only when the estimate of its missing cells (minutes per cell below, measured on the project's earlier
+2-core machine at 2 threads, scaled by how long a dc step takes on this one) fits before ``--until`` (the next such
+clock time, tomorrow's when it has passed today); one that is stopped resumes from its cells' checkpoints next time.
 """
 
 from __future__ import annotations
@@ -43,6 +43,9 @@ MINUTES = {("dc", 1): 0.3, ("dc", 10): 2.3, ("dc", 50): 14.0, ("rded", 1): 0.3, 
            ("rded", 50): 6.5}
 METRICS_MINUTES = 1.0  # d3hr metrics of one cell (features of the set; the real images' are cached), estimated
 FULL_INVERSION_MINUTES = 35.0  # every Fashion-MNIST training image to K = 31 (35 ms an image measured, 2 threads)
+# What MINUTES assume one dc step (ConvNet-3, batch 256, 1x28x28, 2 threads) takes (bench/results/allocator.txt);
+# ``run`` times the step on its own machine first and scales the estimates it checks --until against.
+DC_STEP_SECONDS = 0.40
 # A training step of each student against ConvNet-3's (bench/student_cost.py: IPC 10's 100 images of 1x28x28,
 # recipe dc, 2 threads; bench/results/student_cost.txt).
 STUDENT_COST = {"convnet": 1.0, "convnet_d4": 1.0, "resnet18": 10.1, "vgg11": 4.2}
@@ -249,6 +252,7 @@ def run_parts(args: argparse.Namespace) -> None:
 
     until = _deadline(args.until)
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    speed = machine_factor(threads) if until is not None else 1.0
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "D3HR_QUIET": os.environ.get("D3HR_QUIET", "0")}
     for part in plan(args.plan):
         if args.only and not part.name.startswith(args.only):
@@ -260,8 +264,9 @@ def run_parts(args: argparse.Namespace) -> None:
         table = _results(part, out)
         if _done(part, table):
             continue
-        if until is not None and time.time() + 60 * part.minutes(table) > until:
-            print(f"[campaign] {part.name}: ~{part.minutes(table):.0f} min does not fit before --until; stopping")
+        if until is not None and time.time() + 60 * speed * part.minutes(table) > until:
+            print(f"[campaign] {part.name}: ~{speed * part.minutes(table):.0f} min here does not fit before --until; "
+                  "stopping")
             break
         print(f"[campaign] {part.name}: {' '.join(part.command(out)[3:])}", flush=True)
         start = time.monotonic()
@@ -277,6 +282,19 @@ def run_parts(args: argparse.Namespace) -> None:
             if (where / name).is_file():
                 shutil.copy2(where / name, kept / name)
         (results / "parts.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def machine_factor(threads: int) -> float:
+    """How much slower than the estimates' machine this one trains: a dc step timed here (bench/student_cost.py: one
+    warm-up and two timed steps of ConvNet-3 on 256 images) over DC_STEP_SECONDS."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("student_cost", Path(__file__).with_name("student_cost.py"))
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    factor = cost.step_seconds("convnet", images=256, epochs=2, threads=threads) / DC_STEP_SECONDS
+    print(f"[campaign] a dc step takes {factor:.2f}x the estimates' {DC_STEP_SECONDS} s here; estimates scaled")
+    return factor
 
 
 def _deadline(text: str | None) -> float | None:

@@ -15,6 +15,36 @@ import argparse
 import time
 
 
+def step_seconds(name: str, images: int = 100, size: int = 28, channels: int = 1, epochs: int = 3,
+                 threads: int = 2) -> float:
+    """Seconds per training step of student ``name`` (recipe ``dc``) on ``images`` random uint8 images of shape
+    (channels, size, size): one untimed epoch, then ``epochs`` timed ones."""
+    from d3hr.utils.heap import keep_freed_memory
+
+    keep_freed_memory()  # as the d3hr command does
+    import torch
+
+    from d3hr.evaluation.recipes import get_recipe
+    from d3hr.evaluation.students import create_student
+    from d3hr.evaluation.train import make_optimizer, train_one_epoch
+    from d3hr.utils.seeding import generator_for
+
+    torch.set_num_threads(threads)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (images, channels, size, size), generator=gen, dtype=torch.uint8)
+    y = torch.randint(0, 10, (images,), generator=gen)
+    recipe = get_recipe("dc").resolve(flip=True)
+    torch.manual_seed(0)
+    model = create_student(name, 10, channels, size)
+    opt = make_optimizer(model, recipe)
+    order, aug = generator_for(0, "order"), generator_for(0, "augment")
+    train_one_epoch(model, x, y, opt, recipe, 0, order, aug)  # warm-up, untimed
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        train_one_epoch(model, x, y, opt, recipe, e + 1, order, aug)
+    return (time.perf_counter() - t0) / (epochs * -(-images // recipe.batch_size))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--students", default="convnet,convnet_d4,resnet18,vgg11")
@@ -24,38 +54,16 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after one untimed")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-
-    from d3hr.utils.heap import keep_freed_memory
-
-    keep_freed_memory()  # as the d3hr command does
-    import torch
-
     from d3hr.evaluation.recipes import get_recipe
-    from d3hr.evaluation.students import create_student
-    from d3hr.evaluation.train import make_optimizer, train_one_epoch
     from d3hr.utils.dist import kernels
-    from d3hr.utils.seeding import generator_for
 
-    torch.set_num_threads(args.threads)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (args.images, args.channels, args.size, args.size), generator=gen, dtype=torch.uint8)
-    y = torch.randint(0, 10, (args.images,), generator=gen)
-    recipe = get_recipe("dc").resolve(flip=True)
-    steps = args.epochs * -(-args.images // recipe.batch_size)
-    print(f"{args.images} images of {args.channels}x{args.size}x{args.size}, recipe dc (batch {recipe.batch_size}), "
+    print(f"{args.images} images of {args.channels}x{args.size}x{args.size}, recipe dc (batch "
+          f"{get_recipe('dc').batch_size}), "
           f"{args.epochs} timed epochs, {args.threads} threads, {kernels('cpu')}")
     print(f"{'student':<12} {'s/step':>8} {'vs first':>9}")
     first = None
     for name in args.students.split(","):
-        torch.manual_seed(0)
-        model = create_student(name, 10, args.channels, args.size)
-        opt = make_optimizer(model, recipe)
-        order, aug = generator_for(0, "order"), generator_for(0, "augment")
-        train_one_epoch(model, x, y, opt, recipe, 0, order, aug)  # warm-up, untimed
-        t0 = time.perf_counter()
-        for e in range(args.epochs):
-            train_one_epoch(model, x, y, opt, recipe, e + 1, order, aug)
-        per_step = (time.perf_counter() - t0) / steps
+        per_step = step_seconds(name, args.images, args.size, args.channels, args.epochs, args.threads)
         first = first or per_step
         print(f"{name:<12} {per_step:8.3f} {per_step / first:8.1f}x", flush=True)
 

@@ -285,3 +285,19 @@ def test_student_cost_times_each_student_beside_the_first():
     rows = {r[0]: r for r in _rows(out, "convnet") + _rows(out, "vgg11")}
     assert set(rows) == {"convnet", "vgg11"} and rows["convnet"][2] == "1.0x" and float(rows["vgg11"][1]) > 0
 
+
+def test_campaign_scales_its_estimates_by_this_machines_speed(tmp_path, capsys, monkeypatch):
+    """--until is checked against the estimates times how much slower a dc step is here: a part that would not fit
+    on a (pretend) very slow machine does not start."""
+    import argparse
+
+    c = _campaign_module()
+    assert c.machine_factor(1) > 0  # a real dc step timed here
+    monkeypatch.setattr(c, "machine_factor", lambda threads: 1e6)
+    args = argparse.Namespace(out=str(tmp_path / "grid"), results=str(tmp_path / "results"), until="23:59",
+                              only="smoke-a", plan="smoke")
+    c.run_parts(args)
+    out = capsys.readouterr().out
+    assert "smoke-a: ~" in out and "min here does not fit before --until; stopping" in out
+    assert not (tmp_path / "results" / "parts.json").exists()  # nothing ran
+
