@@ -232,9 +232,11 @@ def _results(part: Part, base: Path) -> dict:
 def list_parts(results: Path, name: str) -> None:
     record = _load(results / "parts.json")
     hours = sum(p["seconds"] * p["threads"] for p in record.values()) / 3600
+    left = 0.0
     for part in plan(name):
         table = _results(part, results)
         state = "done" if _done(part, table) else "todo"
+        left += part.minutes(table) if state == "todo" else 0.0
         took = record.get(part.name, {}).get("seconds")
         if took:
             where = record[part.name].get("kernels")
@@ -242,7 +244,8 @@ def list_parts(results: Path, name: str) -> None:
         else:
             shown = "not timed (before parts.json)" if state == "done" else f"~{part.minutes(table):.0f} min (estimate)"
         print(f"{part.name:<28} {state:<5} {shown}")
-    print(f"{hours:.2f} CPU hours recorded (wall seconds x threads)")
+    print(f"{hours:.2f} CPU hours recorded (wall seconds x threads); ~{left / 60:.1f} wall hours of this plan left "
+          "(estimates: the earlier machine's minutes, without rebuilding caches)")
 
 
 def run_parts(args: argparse.Namespace) -> None:

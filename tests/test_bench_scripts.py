@@ -240,7 +240,8 @@ def test_campaign_runs_parts_once_records_them_and_resumes_from_the_committed_ta
     assert {r["recipe"] for r in table["cells"] if r["seed"] == 1} == {"dc", "dc-noaug"}
     assert _run(*run, "--out", str(tmp_path / "grid")).count("[campaign]") == 0
     assert _run(*run, "--out", str(tmp_path / "elsewhere")).count("[campaign]") == 0
-    assert "done" in _run(script, "list", "--plan", "smoke", "--results", str(results)).split("\n")[0]
+    listed = _run(script, "list", "--plan", "smoke", "--results", str(results))
+    assert "done" in listed.split("\n")[0] and "~0.0 wall hours of this plan left" in listed
 
 
 def _campaign_module():
