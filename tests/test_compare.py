@@ -9,6 +9,7 @@ import pytest
 
 from d3hr.cli import main
 from d3hr.evaluation.recipes import get_recipe
+from d3hr.generator.model import generator_sha256
 from d3hr.utils.dist import kernels
 from tests.conftest import FAST_TRAIN
 
@@ -49,10 +50,14 @@ def test_compare_writes_table_and_resumes(tmp_path, monkeypatch, capsys):
         record = json.loads((Path(r["run"]) / "eval" / "results.json").read_text())["records"][0]
         assert r["images_sha256"] == record["images_sha256"] and len(r["images_sha256"]) == 64
         assert r["kernels"] == record["kernels"] == kernels("cpu")  # the instruction set its arithmetic ran on
+        made = json.loads((Path(r["run"]) / "manifest.json").read_text())["stages"].get("generator")
+        assert r["generator_sha256"] == record["generator_sha256"] == (made and made["sha256"])  # None: real images
     assert len({r["images_sha256"] for r in result["cells"]}) == 4
     assert (out / "accuracy.png").stat().st_size > 1000
     pointers = {json.loads(p.read_text())["path"] for p in (out / "runs").rglob("generator.json")}
     assert len(pointers) == 1  # every d3hr cell used the same cached generator
+    assert {r["generator_sha256"] for r in result["cells"] if r["method"] == "d3hr"} == {
+        generator_sha256(pointers.pop())}  # the weights' own hash, not the recipe's key
     teachers = {Path(r["teacher"]["path"]) for r in result["cells"]}
     assert len(teachers) == 1  # one teacher for every cell, in the cache: nothing written beside the cells
     assert teachers.pop().is_relative_to(Path(os.environ["D3HR_CACHE"]) / "teachers")
@@ -96,16 +101,49 @@ def test_rows_that_another_compare_wrote_meanwhile_are_kept(tmp_path, monkeypatc
     assert sorted(r["seed"] for r in table["cells"]) == [0, 7]
 
 
-def test_soft_label_cells_scored_by_different_teachers_are_flagged():
-    from d3hr.compare import teachers_line
+def test_cells_on_different_teachers_or_generators_are_flagged_by_ipc():
+    from d3hr.compare import models_line
 
-    def row(seed, sha):
-        return {"method": "d3hr", "ipc": 10, "seed": seed, "recipe": "rded", "teacher_sha256": sha}
+    def row(seed, teacher, generator=None, ipc=10, recipe="rded"):
+        return {"method": "d3hr", "ipc": ipc, "seed": seed, "recipe": recipe, "teacher_sha256": teacher,
+                "generator_sha256": generator}
 
-    one = [row(0, "a" * 64), row(1, "a" * 64), {**row(2, None), "recipe": "dc"}]
-    assert teachers_line(one) == ""  # one teacher; hard-label rows name none
-    line = teachers_line([*one, row(3, "b" * 64)])
-    assert "2 different teachers" in line and f"{'a' * 12}: 2 cells; {'b' * 12}: 1 cell)" in line
+    one = [row(0, "a" * 64, "g" * 64), row(1, "a" * 64, "g" * 64), row(2, None, "g" * 64, recipe="dc")]
+    assert models_line(one) == ""  # one teacher, one generator; hard-label rows name no teacher
+    line = models_line([*one, row(3, "b" * 64, "g" * 64)])
+    assert "IPC 10 cells name 2 different teachers" in line and f"{'a' * 12}: 2 cells; {'b' * 12}: 1 cell)" in line
+    assert "generator" not in line
+    line = models_line([*one, row(0, "b" * 64, "h" * 64, ipc=50)])  # a column made with rebuilt caches
+    assert "The cells name 2 different teachers" in line and "The cells name 2 different generators" in line
+    assert f"The IPC 50 cells name the generator {'h' * 12}: 1 cell." in line and "left out" not in line
+    line = models_line([*one, row(4, "a" * 64, None)])  # a D3HR cell of a version that did not record its generator
+    assert f"IPC 10 cells name 2 different generators (weights sha256 {'g' * 12}: 3 cells; unrecorded: 1 cell)" in line
+    assert models_line([row(s, "a" * 64, None) for s in range(3)]) == ""  # an older grid: one unrecorded generator
+
+
+def test_paired_differences_leave_out_pairs_on_different_weights():
+    from d3hr.compare import paired_differences, paired_table, robust_scores
+
+    def row(method, seed, top1, teacher="a" * 64, generator=None):
+        return {"method": method, "ipc": 10, "seed": seed, "recipe": "rded", "labels": "soft", "sweep": None,
+                "epochs": 300, "top1": top1, "teacher_sha256": teacher, "generator_sha256": generator}
+
+    rows = [row("d3hr", s, 0.70 + 0.01 * s, generator="g" * 64) for s in range(4)]
+    rows += [row("base-rs", s, 0.69 + 0.01 * s, generator="g" * 64) for s in range(3)]
+    rows += [row("base-rs", 3, 0.10, generator="h" * 64)]  # seed 3's set came from another generator
+    rows += [row("random-real", s, 0.72 + 0.01 * s) for s in range(3)]
+    rows += [row("random-real", 3, 0.10, teacher="b" * 64)]  # and its soft labels from another teacher
+    paired = {(p["a"], p["b"]): p for p in paired_differences(rows)}
+    rs = paired[("d3hr", "base-rs")]
+    assert rs["seeds"] == [0, 1, 2] and rs["left_out"] == [3] and abs(rs["mean"] - 1.0) < 1e-9 and rs["n"] == 3
+    real = paired[("d3hr", "random-real")]  # random real names no generator: only the teacher decides
+    assert real["seeds"] == [0, 1, 2] and real["left_out"] == [3] and abs(real["mean"] + 2.0) < 1e-9
+    assert "| 3 (seed 3 left out: other weights) |" in paired_table([rs])
+    assert [s["seeds"] for s in robust_scores(rows) if s["method"] == "d3hr"] == [[0, 1, 2]]
+    old = [{**r, "generator_sha256": None} for r in rows if r["method"] != "d3hr"]  # base-rs of an older version
+    paired = {(p["a"], p["b"]): p for p in paired_differences([*old, *(r for r in rows if r["method"] == "d3hr")])}
+    assert ("d3hr", "base-rs") not in paired  # every seed left out: unrecorded is not known to be the same
+    assert paired[("d3hr", "random-real")]["seeds"] == [0, 1, 2]  # real images need no generator
 
 
 def test_parse_sweep_accepts_comma_lists_and_yaml_lists():

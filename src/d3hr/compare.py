@@ -146,9 +146,9 @@ def write_results(out: Path, dataset: str, student: str, teacher_epochs: int | N
                                      if generated != {r["method"] for r in rows} - {FULL} else [])}
     write_json(out / "results.json", result)
     teacher = next((r["teacher"] for r in reversed(rows) if r.get("teacher")), None)
-    mixed = teachers_line(rows)
+    mixed = models_line(rows)
     if mixed:
-        say(f"[compare] warning: {mixed.strip()}")
+        say(f"[compare] warning: {' '.join(mixed.split())}")
     write_text(out / "results.md", markdown_table(table, dataset, student) + full_data_line(table, teacher) + mixed
                + paired_table(result["paired"]) + scores_table(result["scores"])
                + quality_table(result.get("set_metrics", {}).get("summary", []))
@@ -235,7 +235,7 @@ def _row(method: str, ipc: int | None, seed: int, sweep: tuple[str, Any] | None,
             "setup": rec["setup"], "sweep": list(sweep) if sweep else None, "student": student,
             "epochs": rec["epochs"], "top1": rec["top1"], "teacher": res.get("teacher"),
             "teacher_sha256": rec.get("teacher_sha256"), "images_sha256": rec.get("images_sha256"),
-            "kernels": rec.get("kernels"), "run": run}
+            "kernels": rec.get("kernels"), "generator_sha256": rec.get("generator_sha256"), "run": run}
 
 
 def _cell_key(r: dict[str, Any]) -> tuple:
@@ -439,14 +439,44 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for (a, ga), (b, gb) in pairs:
         va, vb = _by_seed(rows, a, ga), _by_seed(rows, b, gb)
-        common = sorted(set(va) & set(vb))
+        ma, mb = _models_by_seed(rows, a, ga), _models_by_seed(rows, b, gb)
+        both = sorted(set(va) & set(vb))
+        common = [s for s in both if same_models(ma[s], mb[s])]
         if not common:
             continue
         iv = paired_t_interval([100 * va[s] for s in common], [100 * vb[s] for s in common])
         out.append({"a": a, "b": b, "ipc": ga[0], "recipe": ga[1], "sweep": list(ga[2] or []) or None,
                     "sweep_b": list(gb[2] or []) or None, "epochs": ga[3], "seeds": common, "mean": iv.mean,
-                    "low": iv.low, "high": iv.high, "n": iv.n, "significant": iv.significant})
+                    "low": iv.low, "high": iv.high, "n": iv.n, "significant": iv.significant,
+                    "left_out": [s for s in both if s not in common]})
     return out
+
+
+UNRECORDED = "unrecorded"  # a generated cell of a version before generator weights were recorded
+
+
+def _uses_generator(method: str) -> bool:
+    from d3hr.distillation.methods import METHODS, method_names
+
+    return method in method_names() and METHODS[method].needs_generator  # an unknown method: cannot tell
+
+
+def cell_models(r: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The weights a cell's number rests on besides its own student: (teacher sha256 or None without soft labels,
+    generator sha256, UNRECORDED for a generated set of an older version, None for real images)."""
+    gen = r.get("generator_sha256") or (UNRECORDED if _uses_generator(r["method"]) else None)
+    return r.get("teacher_sha256"), gen
+
+
+def _models_by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> dict[int, tuple]:
+    return {r["seed"]: cell_models(r) for r in rows if r["method"] == method and _group(r) == group}
+
+
+def same_models(a: tuple, b: tuple) -> bool:
+    """Whether two cells of a pair rest on the same teacher and generator: each weight sha256 equal, or absent on
+    one side (a real-image method has no generator, hard labels no teacher). Two unrecorded generators count as the
+    same (the cells of one older grid shared its cache); unrecorded against a recorded one does not."""
+    return all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
 
 
 def robust_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -460,7 +490,8 @@ def robust_scores(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for r0 in summarise([r for r in rows if r["method"] != FULL and not r["recipe"].endswith("-noaug")]):
         group = (r0["ipc"], r0["recipe"], tuple(r0["sweep"]) if r0["sweep"] else None, r0["epochs"])
         syn, rdm = _by_seed(rows, r0["method"], group), _by_seed(rows, RANDOM, group)
-        seeds = sorted(set(syn) & set(rdm))
+        ms, mr = _models_by_seed(rows, r0["method"], group), _models_by_seed(rows, RANDOM, group)
+        seeds = sorted(s for s in set(syn) & set(rdm) if same_models(ms[s], mr[s]))
         if not seeds:
             continue
         entry: dict[str, Any] = {"method": r0["method"], "ipc": r0["ipc"], "recipe": r0["recipe"],
@@ -521,20 +552,36 @@ def full_data_line(table: list[dict[str, Any]], teacher: dict[str, Any] | None) 
     return text
 
 
-def teachers_line(rows: list[dict[str, Any]]) -> str:
-    """A warning when the soft-label cells were scored by more than one teacher (a grid run in parts where the
-    teacher was retrained with other weights, e.g. on another machine): their paired differences then mix teachers.
-    Empty when they name one teacher (or none)."""
-    counts: dict[str, int] = {}
-    for r in rows:
-        if r.get("teacher_sha256"):
-            counts[r["teacher_sha256"]] = counts.get(r["teacher_sha256"], 0) + 1
-    if len(counts) < 2:
-        return ""
-    ranked = sorted(counts.items(), key=lambda kv: -kv[1])
-    named = "; ".join(f"{sha[:12]}: {n} cell{'s' * (n > 1)}" for sha, n in ranked)
-    return (f"\nThe soft-label cells name {len(counts)} different teachers (weights sha256 {named}): their means and "
-            "paired differences mix teachers.\n")
+def models_line(rows: list[dict[str, Any]]) -> str:
+    """Warnings when the cells rest on more than one teacher (soft labels) or generator (generated sets), by IPC:
+    within an IPC their paired differences would mix weights, so pairs whose cells name different weights are left
+    out of them (the paired table says which seeds); across IPCs the columns were made with different weights (a grid
+    run in parts where a cache was rebuilt, e.g. on a machine that rounds differently). Empty when one of each.
+    Generated cells of versions before the generator's weights were recorded count as one 'unrecorded' generator."""
+    lines = []
+    for index, what in enumerate(("teacher", "generator")):
+        by_ipc: dict[Any, dict[str, int]] = {}
+        for r in rows:
+            sha = cell_models(r)[index]
+            if sha:
+                counts = by_ipc.setdefault(r["ipc"], {})
+                counts[sha] = counts.get(sha, 0) + 1
+        shas = {sha for counts in by_ipc.values() for sha in counts}
+        if len(shas) < 2:
+            continue
+        lines.append(f"The cells name {len(shas)} different {what}s: columns made with different weights compare "
+                     "less directly.")
+        for ipc, counts in sorted(by_ipc.items(), key=lambda kv: (kv[0] is None, kv[0] or 0)):
+            named = "; ".join(f"{sha[:12]}: {n} cell{'s' * (n > 1)}"
+                              for sha, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            where = "the full-data row" if ipc is None else f"IPC {ipc}"
+            if len(counts) > 1:
+                lines.append(f"The {where} cells name {len(counts)} different {what}s (weights sha256 {named}): "
+                             f"their means mix {what}s, and pairs of cells on different {what}s are left out of the "
+                             "paired differences.")
+            else:
+                lines.append(f"The {where} cells name the {what} {named}.")
+    return "".join(f"\n{line}\n" for line in lines)
 
 
 def paired_table(paired: list[dict[str, Any]]) -> str:
@@ -549,8 +596,14 @@ def paired_table(paired: list[dict[str, Any]]) -> str:
         mark = " *" if p["significant"] else ""
         name = f"{_named(p['a'], p['sweep'])} − {_named(p['b'], p['sweep_b'])}"
         lines.append(f"| {name} | {p['recipe']} | {p['ipc']} | {p['epochs']} | {p['mean']:+.2f} "
-                     f"[{p['low']:+.2f}, {p['high']:+.2f}]{mark} | {p['n']} |")
+                     f"[{p['low']:+.2f}, {p['high']:+.2f}]{mark} | {p['n']}{_left_out(p)} |")
     return "\n".join(lines) + "\n"
+
+
+def _left_out(p: dict[str, Any]) -> str:
+    """The seeds of a pair left out because its two cells rest on different teacher or generator weights."""
+    seeds = p.get("left_out") or []
+    return f" (seed{'s' * (len(seeds) > 1)} {', '.join(map(str, seeds))} left out: other weights)" if seeds else ""
 
 
 def _named(method: str, sweep: list[Any] | None) -> str:

@@ -1,5 +1,7 @@
 """The generator stage: the pretrained generator given, or a small one trained on the data (d3hr.generator.train)
-and cached by key; RUN/generator.json points at it and stages.json holds its quality readout."""
+and cached by key; RUN/generator.json points at it and stages.json holds its quality readout and the sha256 of its
+weights (the key names the recipe; two trainings of one recipe on machines that round differently share the key
+but not the weights, and evaluation records name the weights)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 from d3hr import __version__
 from d3hr.distillation.context import Context
-from d3hr.generator.model import INFO_FILE
+from d3hr.generator.model import INFO_FILE, generator_sha256
 from d3hr.generator.train import train_small
 from d3hr.runfolder import POINTER
 from d3hr.utils.io import read_json, sha256_json, write_json
@@ -55,7 +57,8 @@ def run(ctx: Context, previous: str | None) -> str:
         say(f"[generator] using {path}")
         if ctx.world.is_main and not ctx.folder.done(NAME, key, []):
             write_json(ctx.root / POINTER, pointer)
-            ctx.record(NAME, key, 0.0, path=str(path), quality=quality_readout(ctx, path))
+            ctx.record(NAME, key, 0.0, path=str(path), sha256=generator_sha256(path),
+                       quality=quality_readout(ctx, path))
         return key
     ctx.check_data(ipc=False)
     t0 = time.time()
@@ -70,7 +73,7 @@ def run(ctx: Context, previous: str | None) -> str:
         pointer["path"] = str(path.resolve())
         write_json(ctx.root / POINTER, pointer)
         ctx.record(NAME, key, time.time() - t0, path=str(path), processes=ctx.world.size,
-                   quality=quality_readout(ctx, path))
+                   sha256=generator_sha256(path), quality=quality_readout(ctx, path))
     ctx.world.barrier()
     return key
 

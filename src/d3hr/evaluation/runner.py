@@ -109,7 +109,8 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str | None =
                              track_last=best_of_last, desc=tag, norm=norm, checkpoint=ckpt)
         rec = {**base, "seed": s, "top1": result.top1, "train_images": len(images), "test_images": len(test),
                "final_loss": result.losses[-1], "device": str(device), "kernels": kernels(device),
-               "processes": world.size, "seconds": round(time.time() - t0, 1)}
+               "processes": world.size, "seconds": round(time.time() - t0, 1),
+               "generator_sha256": generator_weights(manifest)}
         if best_of_last:
             rec[f"top1_best_of_last_{best_of_last}_epochs"] = max(result.last_top1)
         say(f"[evaluate] {tag}: top-1 {100 * result.top1:.2f}%")
@@ -142,6 +143,13 @@ def read_full_train(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, str]:
     h = hashlib.sha256(images.numpy().tobytes())
     h.update(targets.numpy().astype(np.int64).tobytes())
     return images, targets, h.hexdigest()
+
+
+def generator_weights(manifest: dict[str, Any]) -> str | None:
+    """The sha256 of the generator weights that made the run's images (recorded by the generator stage); None for
+    real-image methods and for runs of versions before it was recorded. Not part of a record's key."""
+    stage = (manifest.get("stages") or {}).get("generator") or {}
+    return stage.get("sha256")
 
 
 def open_run(root: Path, need_manifest: bool = True) -> tuple[Config, ImageSet, dict[str, Any]]:

@@ -142,7 +142,7 @@ STAGE = Obj({"key": str}, {"seconds": NUMBER, "peak_rss_mb": NUMBER, "path": str
                            "from_cache": str, "normality_z0": NORMALITY, "normality_zk": NORMALITY,
                            "mean_loss": NUMBER, "mean_loss_gain_over_first": NUMBER, "short_classes": MapOf(int),
                            "details": dict, "inversion_steps": int, "subsample": dict, "depth": dict,
-                           "covariance": str, "covariance_fit": dict})
+                           "covariance": str, "covariance_fit": dict, "sha256": SHA256})
 STAGES = MapOf(STAGE)
 MANIFEST = Obj(
     {"files": MapOf(SHA256, relative_path, "a relative path inside the run folder"),
@@ -154,7 +154,8 @@ SUMMARY_ROW = Obj({"top1_mean": NUMBER, "top1_std": NUMBER},
                   {"student": str, "labels": str, "epochs": int, "n": int, "teacher": Nullable(str),
                    "images_sha256": Nullable(str), "seeds": ListOf(int)})
 RECORD = Obj({"top1": NUMBER, "seed": int}, {"student": str, "labels": str, "epochs": int, "teacher": Nullable(str),
-                                             "images_sha256": Nullable(str), "setup": dict})
+                                             "images_sha256": Nullable(str), "setup": dict,
+                                             "generator_sha256": Nullable(SHA256)})
 TEACHER = Obj({}, {"arch": str, "epochs": int, "train_images": int, "test_top1": Nullable(NUMBER), "path": str})
 RESULTS = Obj({"records": ListOf(RECORD)}, {"format_version": int, "run": dict, "teachers": MapOf(TEACHER),
                                             "summary": ListOf(SUMMARY_ROW)})
