@@ -14,6 +14,7 @@ instruction set they are other models, so keep one grid's machines alike).
     python bench/campaign.py run --out /work/grid --until 17:10    # parts in order while the clock allows
     python bench/campaign.py run --out /work/grid --only ipc10     # parts whose name starts with this
     python bench/campaign.py run --out /work/grid --plan subsample # other plans, into the same OUT (paired by seed)
+    python bench/campaign.py run --out /work/grid --only ipc50 --recipes dc  # their hard-label cells first
     python bench/campaign.py tables                                # the tables again from results.json (no training)
 
 A part starts only when the estimate of its missing cells (minutes per cell below, measured on the project's earlier
@@ -24,6 +25,7 @@ clock time, tomorrow's when it has passed today); one that is stopped resumes fr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -248,6 +250,20 @@ def list_parts(results: Path, name: str) -> None:
           "(estimates: the earlier machine's minutes, without rebuilding caches)")
 
 
+def restricted(part: Part, recipes: list[str] | None) -> tuple[Part | None, str]:
+    """The part with only ``recipes`` among its own (e.g. hard labels first, before the teacher that soft labels need
+    is trained) and the name parts.json records it under (PART:RECIPES when some were left out); (None, name) when
+    it has none of them (the full-data row has its own recipe and is left out too). ``recipes`` None: the part."""
+    if recipes is None:
+        return part, part.name
+    keep = tuple(r for r in part.recipes if r in recipes)
+    if not keep or "full" in part.methods:
+        return None, part.name
+    if keep == part.recipes:
+        return part, part.name
+    return dataclasses.replace(part, recipes=keep), f"{part.name}:{'+'.join(keep)}"
+
+
 def run_parts(args: argparse.Namespace) -> None:
     out, results = Path(args.out), Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -260,6 +276,9 @@ def run_parts(args: argparse.Namespace) -> None:
     for part in plan(args.plan):
         if args.only and not part.name.startswith(args.only):
             continue
+        part, name = restricted(part, args.recipes.split(",") if args.recipes else None)
+        if part is None:
+            continue
         where, kept = part.folder(out), part.folder(results)
         if not (where / "results.json").exists() and (kept / "results.json").is_file():
             where.mkdir(parents=True, exist_ok=True)
@@ -268,16 +287,16 @@ def run_parts(args: argparse.Namespace) -> None:
         if _done(part, table):
             continue
         if until is not None and time.time() + 60 * speed * part.minutes(table) > until:
-            print(f"[campaign] {part.name}: ~{speed * part.minutes(table):.0f} min here does not fit before --until; "
+            print(f"[campaign] {name}: ~{speed * part.minutes(table):.0f} min here does not fit before --until; "
                   "stopping")
             break
-        print(f"[campaign] {part.name}: {' '.join(part.command(out)[3:])}", flush=True)
+        print(f"[campaign] {name}: {' '.join(part.command(out)[3:])}", flush=True)
         start = time.monotonic()
         proc = subprocess.run(part.command(out), env=env)
         if proc.returncode != 0:
-            sys.exit(f"[campaign] {part.name} failed (exit {proc.returncode}); rerun to resume it")
+            sys.exit(f"[campaign] {name} failed (exit {proc.returncode}); rerun to resume it")
         record = _load(results / "parts.json")
-        record[part.name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
+        record[name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
             time.monotonic() - start, 1), "threads": threads, "kernels": kernels("cpu"),
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         kept.mkdir(parents=True, exist_ok=True)
@@ -319,6 +338,8 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
     ap.add_argument("--only", help="run only the parts whose name starts with this")
+    ap.add_argument("--recipes", help="run only these recipes of each part (comma-separated, e.g. dc: hard labels "
+                                      "before the teacher is trained); parts.json names such a run PART:RECIPES")
     ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "subsample", "smoke"))
     args = ap.parse_args()
     if args.step == "list":

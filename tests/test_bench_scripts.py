@@ -280,6 +280,20 @@ def test_campaign_estimates_only_what_is_missing_and_deadlines_roll_past_midnigh
     assert 23 * 3600 < wait <= 24 * 3600
 
 
+def test_campaign_can_run_a_parts_hard_label_cells_first():
+    """--recipes dc: a part's dc cells alone, recorded as PART:dc; the part stays to do until its rded cells ran."""
+    c = _campaign_module()
+    part = c.Part("ipc50-d3hr-seed0", ("d3hr",), 50, (0,), ("dc", "rded"))
+    hard, name = c.restricted(part, ["dc"])
+    assert hard.recipes == ("dc",) and name == "ipc50-d3hr-seed0:dc" and "--recipes dc --student" in " ".join(
+        hard.command(Path("OUT")))
+    assert c.restricted(part, ["dc", "rded"]) == (part, "ipc50-d3hr-seed0") and c.restricted(part, None)[0] is part
+    assert c.restricted(c.Part("s", ("random-real",), 50, (0,), ("rded",)), ["dc"])[0] is None
+    assert c.restricted(c.Part("f", ("full",), 10, (0,), ("dc",)), ["dc"])[0] is None  # its own recipe, dc-full
+    row = {"method": "d3hr", "ipc": 50, "seed": 0, "student": "convnet", "sweep": None, "recipe": "dc"}
+    assert c._done(hard, {"cells": [row]}) and not c._done(part, {"cells": [row]})
+
+
 def test_student_cost_times_each_student_beside_the_first():
     out = _run(str(BENCH / "student_cost.py"), "--students", "convnet,vgg11", "--images", "4", "--size", "8",
                "--epochs", "1", "--threads", "1")
@@ -296,7 +310,7 @@ def test_campaign_scales_its_estimates_by_this_machines_speed(tmp_path, capsys, 
     assert c.machine_factor(1) > 0  # a real dc step timed here
     monkeypatch.setattr(c, "machine_factor", lambda threads: 1e6)
     args = argparse.Namespace(out=str(tmp_path / "grid"), results=str(tmp_path / "results"), until="23:59",
-                              only="smoke-a", plan="smoke")
+                              only="smoke-a", plan="smoke", recipes=None)
     c.run_parts(args)
     out = capsys.readouterr().out
     assert "smoke-a: ~" in out and "min here does not fit before --until; stopping" in out
