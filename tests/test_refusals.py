@@ -159,6 +159,7 @@ def test_an_unwritable_cache_is_refused_before_work(tmp_path, monkeypatch, capsy
     (["--image-size", "-8"], "data.image_size must be >= 1"),
     (["--image-size", "0"], "data.image_size must be >= 1"),
     (["--set", "generator.dit.patch_size=0"], "generator.dit.patch_size must be >= 1"),
+    (["--set", "select.teacher_epochs=0"], "select.teacher_epochs must be >= 1 or null, got 0"),
     (["--set", "diffusion.num_steps=2000"], "diffusion.num_steps=2000 exceeds the generator's 1000"),
 ])
 def test_bad_values_are_refused_before_any_work(args, needle, tmp_path, capsys):

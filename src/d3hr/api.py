@@ -21,11 +21,13 @@ def _config(cfg: Config | None, overrides: dict[str, Any]) -> Config:
 
 
 def _teacher(ctx: Context, arch: str) -> tuple[Any, dict[str, Any]]:
-    """The evaluation teacher of the run's dataset (d3hr.evaluation.teacher), for methods that select with one."""
+    """The evaluation teacher of the run's dataset (d3hr.evaluation.teacher), for methods that select with one: of
+    ``select.teacher_epochs`` epochs, or the one evaluation takes by default."""
     from d3hr.data import load_dataset
     from d3hr.evaluation.teacher import get_teacher
 
-    return get_teacher(ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), arch, device=ctx.device, cache=ctx.cache())
+    return get_teacher(ctx.cfg.data, load_dataset(ctx.cfg.data, "test"), arch, ctx.cfg.select.teacher_epochs,
+                       device=ctx.device, cache=ctx.cache())
 
 
 def _run(cfg: Config) -> Run:

@@ -97,7 +97,7 @@ def compare(base: Config, methods: Sequence[str], ipcs: Sequence[int], seeds: in
     units = [(get_recipe(n, epochs=epochs), aug) for n in names for aug in ((True, False) if ars_runs else (True,))]
     sweeps = [(sweep[0], v) for v in sweep[1]] if sweep else [None]
     cells = [Cell(m, i, s, w) for w in sweeps for m in methods if m != FULL for i in ipcs for s in seeds]
-    configs = [_cell_config(base, cell, out) for cell in cells]  # every cell's config is valid before any work
+    configs = [_cell_config(base, cell, out, teacher_epochs) for cell in cells]  # all valid before any work
     claim(out, "compare")
     rows, quality = [], []
     for n, (cell, cfg) in enumerate(zip(cells, configs), 1):
@@ -219,10 +219,13 @@ def check_grid(methods: Sequence[str], ipcs: Sequence[int], seeds: int | Sequenc
     check_student(student)
 
 
-def _cell_config(base: Config, cell: Cell, out: Path) -> Config:
-    """The cell's run config: ``base`` with the cell's method, IPC, seed, sweep value and run folder (validated)."""
+def _cell_config(base: Config, cell: Cell, out: Path, teacher_epochs: int | None = None) -> Config:
+    """The cell's run config: ``base`` with the cell's method, IPC, seed, sweep value and run folder (validated);
+    with ``teacher_epochs``, methods that select with the teacher (herding) take the soft labels' teacher."""
     items = [nest("select.method", cell.method), nest("select.ipc", cell.ipc), nest("seed", cell.seed),
              nest("out", str(out / "runs" / cell.name))]
+    if teacher_epochs is not None:
+        items.append(nest("select.teacher_epochs", teacher_epochs))
     if cell.sweep:
         items.append(nest(*cell.sweep))
     return load_config(None, items, base=copy.deepcopy(base))

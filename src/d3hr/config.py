@@ -179,6 +179,9 @@ class SelectConfig:
     chunk: int = 1024  # candidates scored at once (memory only; never changes the result)
     allow_short_classes: bool = False  # distill classes with fewer training images than ipc (recorded in manifest)
     herd_pool: int = 10  # d3hr-herd: generated candidates per class, as a multiple of ipc
+    # herding, d3hr-herd: the epochs of the evaluation teacher they select with (its sha256 keys the selection);
+    # None: the one `d3hr evaluate` takes by default (the most epochs cached, else the teacher recipe's)
+    teacher_epochs: int | None = None
 
 
 @dataclass
@@ -467,6 +470,8 @@ def validate(cfg: Config) -> None:
         (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),
         (s.candidates >= 1, f"select.candidates must be >= 1, got {s.candidates}"),
         (s.herd_pool >= 1, f"select.herd_pool must be >= 1, got {s.herd_pool}"),
+        (s.teacher_epochs is None or s.teacher_epochs >= 1,
+         f"select.teacher_epochs must be >= 1 or null, got {s.teacher_epochs}"),
         (s.chunk >= 1, f"select.chunk must be >= 1, got {s.chunk}"),
         (s.pools is None or s.pools >= 1, f"select.pools must be >= 1, got {s.pools}"),
         (len(s.weights) == 3, f"select.weights must have 3 values (mu, sigma, gamma), got {s.weights}"),

@@ -194,6 +194,18 @@ def test_method_details(method_run):
         assert meta["strategy"] == "random" and int(sel["index"].abs().sum()) == 0
 
 
+def test_herding_selects_with_the_teacher_of_select_teacher_epochs(root, monkeypatch):
+    """select.teacher_epochs picks the teacher herding selects with (compare --teacher-epochs sets it, so that a
+    grid's herding cells and soft labels name one teacher); the default takes the cached one with the most epochs."""
+    monkeypatch.setenv("D3HR_CACHE", str(root / "cache-herding"))
+    run = root / "herding-teacher-1"
+    assert _distill(run, "herding", "select.teacher_epochs=1") == 0
+    details = json.loads((run / "manifest.json").read_text())["method_details"]
+    two = get_teacher(DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"), epochs=2,
+                      cache=root / "cache-herding")[1]
+    assert details["teacher_epochs"] == 1 and details["teacher"] != two["path"]  # not the cached 2-epoch one
+
+
 def test_same_seed_same_images(method_run, monkeypatch):
     method, run = method_run
     again = run.with_name(f"{method}-again")
