@@ -111,14 +111,18 @@ def test_cells_on_different_teachers_or_generators_are_flagged_by_ipc():
     one = [row(0, "a" * 64, "g" * 64), row(1, "a" * 64, "g" * 64), row(2, None, "g" * 64, recipe="dc")]
     assert models_line(one) == ""  # one teacher, one generator; hard-label rows name no teacher
     line = models_line([*one, row(3, "b" * 64, "g" * 64)])
-    assert "IPC 10 cells name 2 different teachers" in line and f"{'a' * 12}: 2 cells; {'b' * 12}: 1 cell)" in line
+    assert "IPC 10 cells name 2 different soft-label teachers" in line
+    assert f"{'a' * 12}: 2 cells; {'b' * 12}: 1 cell)" in line
     assert "generator" not in line
     line = models_line([*one, row(0, "b" * 64, "h" * 64, ipc=50)])  # a column made with rebuilt caches
-    assert "The cells name 2 different teachers" in line and "The cells name 2 different generators" in line
+    assert "The cells name 2 different soft-label teachers" in line and "name 2 different generators" in line
     assert f"The IPC 50 cells name the generator {'h' * 12}: 1 cell." in line and "left out" not in line
     line = models_line([*one, row(4, "a" * 64, None)])  # a D3HR cell of a version that did not record its generator
     assert f"IPC 10 cells name 2 different generators (weights sha256 {'g' * 12}: 3 cells; unrecorded: 1 cell)" in line
     assert models_line([row(s, "a" * 64, None) for s in range(3)]) == ""  # an older grid: one unrecorded generator
+    herd = {"method": "herding", "ipc": 10, "seed": 0, "recipe": "dc", "teacher_sha256": None}
+    line = models_line([herd, {**herd, "seed": 1, "selection_teacher_sha256": "t" * 64}])  # herded on a new teacher
+    assert f"IPC 10 cells name 2 different selecting teachers (weights sha256 unrecorded: 1 cell; {'t' * 12}" in line
 
 
 def test_paired_differences_leave_out_pairs_on_different_weights():
@@ -144,6 +148,12 @@ def test_paired_differences_leave_out_pairs_on_different_weights():
     paired = {(p["a"], p["b"]): p for p in paired_differences([*old, *(r for r in rows if r["method"] == "d3hr")])}
     assert ("d3hr", "base-rs") not in paired  # every seed left out: unrecorded is not known to be the same
     assert paired[("d3hr", "random-real")]["seeds"] == [0, 1, 2]  # real images need no generator
+    herd = [{**row("herding", s, 0.8), "recipe": "dc", "teacher_sha256": None} for s in range(3)]
+    dh = [{**row("d3hr-herd", s, 0.75, None, "g" * 64), "recipe": "dc", "selection_teacher_sha256": "t" * 64}
+          for s in range(3)]
+    assert not [p for p in paired_differences([*herd, *dh]) if p["b"] == "herding"]  # herded on other teachers
+    herd = [{**r, "selection_teacher_sha256": "t" * 64} for r in herd]
+    assert [p["n"] for p in paired_differences([*herd, *dh]) if p["b"] == "herding"] == [3]
 
 
 def test_parse_sweep_accepts_comma_lists_and_yaml_lists():

@@ -238,7 +238,8 @@ def _row(method: str, ipc: int | None, seed: int, sweep: tuple[str, Any] | None,
             "setup": rec["setup"], "sweep": list(sweep) if sweep else None, "student": student,
             "epochs": rec["epochs"], "top1": rec["top1"], "teacher": res.get("teacher"),
             "teacher_sha256": rec.get("teacher_sha256"), "images_sha256": rec.get("images_sha256"),
-            "kernels": rec.get("kernels"), "generator_sha256": rec.get("generator_sha256"), "run": run}
+            "kernels": rec.get("kernels"), "generator_sha256": rec.get("generator_sha256"),
+            "selection_teacher_sha256": rec.get("selection_teacher_sha256"), "run": run}
 
 
 def _cell_key(r: dict[str, Any]) -> tuple:
@@ -455,20 +456,26 @@ def paired_differences(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-UNRECORDED = "unrecorded"  # a generated cell of a version before generator weights were recorded
+UNRECORDED = "unrecorded"  # a cell of a version before these weights were recorded
+MODELS = ("soft-label teacher", "generator", "selecting teacher")  # what cell_models returns, in order
 
 
-def _uses_generator(method: str) -> bool:
+def _method(name: str) -> Any:
     from d3hr.distillation.methods import METHODS, method_names
 
-    return method in method_names() and METHODS[method].needs_generator  # an unknown method: cannot tell
+    return METHODS[name] if name in method_names() else None  # a results.json may name a method this version lacks
 
 
-def cell_models(r: dict[str, Any]) -> tuple[str | None, str | None]:
-    """The weights a cell's number rests on besides its own student: (teacher sha256 or None without soft labels,
-    generator sha256, UNRECORDED for a generated set of an older version, None for real images)."""
-    gen = r.get("generator_sha256") or (UNRECORDED if _uses_generator(r["method"]) else None)
-    return r.get("teacher_sha256"), gen
+def cell_models(r: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """The weights a cell's number rests on besides its own student, as sha256s (MODELS): the teacher of its soft
+    labels (None under hard labels), the generator of its images (None for real images) and the teacher its
+    selection herded on (herding, d3hr-herd: methods whose key hashes more than the config; None for others).
+    UNRECORDED where a row of an older version lacks a weight its method has."""
+    method = _method(r["method"])
+    gen = r.get("generator_sha256") or (UNRECORDED if method is not None and method.needs_generator else None)
+    sel = r.get("selection_teacher_sha256") or (
+        UNRECORDED if method is not None and method.key_inputs is not None else None)
+    return r.get("teacher_sha256"), gen, sel
 
 
 def _models_by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> dict[int, tuple]:
@@ -476,9 +483,9 @@ def _models_by_seed(rows: list[dict[str, Any]], method: str, group: tuple) -> di
 
 
 def same_models(a: tuple, b: tuple) -> bool:
-    """Whether two cells of a pair rest on the same teacher and generator: each weight sha256 equal, or absent on
-    one side (a real-image method has no generator, hard labels no teacher). Two unrecorded generators count as the
-    same (the cells of one older grid shared its cache); unrecorded against a recorded one does not."""
+    """Whether two cells of a pair rest on the same weights (cell_models): each sha256 equal, or absent on one side
+    (a real-image method has no generator, hard labels no teacher). Two unrecorded ones count as the same (the cells
+    of one older grid shared its caches); unrecorded against a recorded one does not."""
     return all(x is None or y is None or x == y for x, y in zip(a, b, strict=True))
 
 
@@ -556,13 +563,13 @@ def full_data_line(table: list[dict[str, Any]], teacher: dict[str, Any] | None) 
 
 
 def models_line(rows: list[dict[str, Any]]) -> str:
-    """Warnings when the cells rest on more than one teacher (soft labels) or generator (generated sets), by IPC:
+    """Warnings when the cells rest on more than one teacher or generator (cell_models), by IPC:
     within an IPC their paired differences would mix weights, so pairs whose cells name different weights are left
     out of them (the paired table says which seeds); across IPCs the columns were made with different weights (a grid
     run in parts where a cache was rebuilt, e.g. on a machine that rounds differently). Empty when one of each.
-    Generated cells of versions before the generator's weights were recorded count as one 'unrecorded' generator."""
+    Cells of versions before a weight was recorded count as one 'unrecorded' set of weights."""
     lines = []
-    for index, what in enumerate(("teacher", "generator")):
+    for index, what in enumerate(MODELS):
         by_ipc: dict[Any, dict[str, int]] = {}
         for r in rows:
             sha = cell_models(r)[index]

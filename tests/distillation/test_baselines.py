@@ -204,6 +204,10 @@ def test_herding_selects_with_the_teacher_of_select_teacher_epochs(root, monkeyp
     two = get_teacher(DataConfig(name="digits"), load_dataset(DataConfig(name="digits"), "test"), epochs=2,
                       cache=root / "cache-herding")[1]
     assert details["teacher_epochs"] == 1 and details["teacher"] != two["path"]  # not the cached 2-epoch one
+    assert main(["evaluate", str(run), "--labels", "hard", "--seeds", "1", "--epochs", "1"]) == 0
+    record = json.loads((run / "eval" / "results.json").read_text())["records"][0]
+    assert record["selection_teacher_sha256"] == details["teacher_sha256"] != two["sha256"]  # what compare pairs on
+    assert record["generator_sha256"] is None and record["teacher_sha256"] is None  # real images, hard labels
 
 
 def test_same_seed_same_images(method_run, monkeypatch):

@@ -110,7 +110,8 @@ def evaluate(run_dir: str | Path, student: str = "convnet", labels: str | None =
         rec = {**base, "seed": s, "top1": result.top1, "train_images": len(images), "test_images": len(test),
                "final_loss": result.losses[-1], "device": str(device), "kernels": kernels(device),
                "processes": world.size, "seconds": round(time.time() - t0, 1),
-               "generator_sha256": generator_weights(manifest)}
+               "generator_sha256": generator_weights(manifest),
+               "selection_teacher_sha256": (manifest.get("method_details") or {}).get("teacher_sha256")}
         if best_of_last:
             rec[f"top1_best_of_last_{best_of_last}_epochs"] = max(result.last_top1)
         say(f"[evaluate] {tag}: top-1 {100 * result.top1:.2f}%")

@@ -155,7 +155,8 @@ SUMMARY_ROW = Obj({"top1_mean": NUMBER, "top1_std": NUMBER},
                    "images_sha256": Nullable(str), "seeds": ListOf(int)})
 RECORD = Obj({"top1": NUMBER, "seed": int}, {"student": str, "labels": str, "epochs": int, "teacher": Nullable(str),
                                              "images_sha256": Nullable(str), "setup": dict,
-                                             "generator_sha256": Nullable(SHA256)})
+                                             "generator_sha256": Nullable(SHA256),
+                                             "selection_teacher_sha256": Nullable(SHA256)})
 TEACHER = Obj({}, {"arch": str, "epochs": int, "train_images": int, "test_top1": Nullable(NUMBER), "path": str})
 RESULTS = Obj({"records": ListOf(RECORD)}, {"format_version": int, "run": dict, "teachers": MapOf(TEACHER),
                                             "summary": ListOf(SUMMARY_ROW)})
