@@ -86,11 +86,13 @@ class Part:
         """Where this part's table lives under ``base``: compare keeps one student per OUT."""
         return base if self.student == "convnet" else base / f"student-{self.student}"
 
-    def command(self, out: Path) -> list[str]:
+    def command(self, out: Path, device: str = "cpu") -> list[str]:
         seeds = ",".join(f"{s}-{s}" for s in self.seeds)  # a list: a lone number would be a count
         cmd = [sys.executable, "-m", "d3hr", "compare", "--dataset", self.dataset, "--out", str(self.folder(out)),
                "--methods", ",".join(self.methods), "--ipc", str(self.ipc), "--seeds", seeds,
                "--recipes", ",".join(self.recipes), "--student", self.student, *self.extra]
+        if device != "cpu":
+            cmd += ["--device", device]
         if "full" in self.methods:
             cmd += ["--full-seeds", seeds]
         if self.sweep:
@@ -271,6 +273,9 @@ def run_parts(args: argparse.Namespace) -> None:
 
     until = _deadline(args.until)
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
+    device = getattr(args, "device", None) or "cpu"
+    if until is not None and device != "cpu":
+        sys.exit("[campaign] --until scales CPU estimates; on another device bound the run with timeout instead")
     speed = machine_factor(threads) if until is not None else 1.0
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "D3HR_QUIET": os.environ.get("D3HR_QUIET", "0")}
     for part in plan(args.plan):
@@ -290,14 +295,14 @@ def run_parts(args: argparse.Namespace) -> None:
             print(f"[campaign] {name}: ~{speed * part.minutes(table):.0f} min here does not fit before --until; "
                   "stopping")
             break
-        print(f"[campaign] {name}: {' '.join(part.command(out)[3:])}", flush=True)
+        print(f"[campaign] {name}: {' '.join(part.command(out, device)[3:])}", flush=True)
         start = time.monotonic()
-        proc = subprocess.run(part.command(out), env=env)
+        proc = subprocess.run(part.command(out, device), env=env)
         if proc.returncode != 0:
             sys.exit(f"[campaign] {name} failed (exit {proc.returncode}); rerun to resume it")
         record = _load(results / "parts.json")
         record[name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
-            time.monotonic() - start, 1), "threads": threads, "kernels": kernels("cpu"),
+            time.monotonic() - start, 1), "threads": threads, "kernels": kernels(device),
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         kept.mkdir(parents=True, exist_ok=True)
         for name in ("results.json", "results.md", "accuracy.png"):
@@ -338,6 +343,8 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
     ap.add_argument("--only", help="run only the parts whose name starts with this")
+    ap.add_argument("--device", default="cpu", help="where the compares train (e.g. cuda on a lent GPU; see "
+                                                    "gpu_campaign.sh)")
     ap.add_argument("--recipes", help="run only these recipes of each part (comma-separated, e.g. dc: hard labels "
                                       "before the teacher is trained); parts.json names such a run PART:RECIPES")
     ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "subsample", "smoke"))

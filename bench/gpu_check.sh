@@ -1,10 +1,7 @@
 #!/bin/bash
-# One prepared run of the GPU checks (issue on scale): installs d3hr into a venv if needed, then prints one table.
+# One prepared run of the GPU checks (issue on scale) on the lent machine: the image's python3 with the carried
+# wheels (bench/gpu_wheels.sh here first; the call carries .whl), then one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
-    .venv/bin/pip install -q -e .
-fi
-.venv/bin/python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'"
-.venv/bin/python bench/gpu_check.py --device cuda "$@"
+source bench/gpu_env.sh
+$PY bench/gpu_check.py --device cuda "$@"

@@ -6,6 +6,8 @@ signs, ratios consistent with the times they are computed from, agreements that 
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -292,6 +294,7 @@ def test_campaign_can_run_a_parts_hard_label_cells_first():
     assert c.restricted(c.Part("f", ("full",), 10, (0,), ("dc",)), ["dc"])[0] is None  # its own recipe, dc-full
     row = {"method": "d3hr", "ipc": 50, "seed": 0, "student": "convnet", "sweep": None, "recipe": "dc"}
     assert c._done(hard, {"cells": [row]}) and not c._done(part, {"cells": [row]})
+    assert hard.command(Path("OUT"), "cuda")[-2:] == ["--device", "cuda"] and "--device" not in hard.command(Path("O"))
 
 
 def test_student_cost_times_each_student_beside_the_first():
@@ -315,4 +318,44 @@ def test_campaign_scales_its_estimates_by_this_machines_speed(tmp_path, capsys, 
     out = capsys.readouterr().out
     assert "smoke-a: ~" in out and "min here does not fit before --until; stopping" in out
     assert not (tmp_path / "results" / "parts.json").exists()  # nothing ran
+    with pytest.raises(SystemExit, match="on another device bound the run with timeout"):  # estimates are CPU's
+        c.run_parts(argparse.Namespace(**{**vars(args), "device": "cuda"}))
 
+
+
+def test_gpu_campaign_script_runs_parts_and_carries_its_caches_to_the_next_call(tmp_path):
+    """bench/gpu_campaign.sh, tried on the CPU (DEVICE=cpu; the lent GPU machine runs it with cuda): one call runs the
+    parts into $OUT/results with parts.json and packs the caches; the next call, given them in .gpu/, reuses the
+    generator instead of training it again."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in ("bench", "src"):  # the scripts work from the repository root they sit in
+        (repo / name).symlink_to(BENCH.parent / name)
+    env = {**os.environ, "DEVICE": "cpu", "PY": sys.executable, "OMP_NUM_THREADS": "1",
+           "RESULTS": str(tmp_path / "committed")}  # none yet
+    env.pop("PYTHONPATH", None)
+
+    def call(n: int) -> Path:
+        out = tmp_path / f"out{n}"
+        proc = subprocess.run(["bash", str(repo / "bench" / "gpu_campaign.sh"), "5", "--plan", "smoke", "--only",
+                               "smoke-a"], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+                              env={**env, "OUT": str(out), "GRID": str(tmp_path / f"grid{n}"),
+                                   "D3HR_CACHE": str(tmp_path / f"cache{n}")})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return out
+
+    first = call(1)
+    rows = json.loads((first / "results" / "results.json").read_text())["cells"]
+    assert {r["method"] for r in rows} == {"random-real", "base-rs"}
+    parts = json.loads((first / "results" / "parts.json").read_text())
+    assert parts["smoke-a"]["kernels"].startswith("cpu ")
+    pieces = sorted(first.glob("cache.tgz.*"))
+    assert pieces and all(p.stat().st_size <= 15 * 2**20 for p in pieces)
+    (repo / ".gpu").mkdir()
+    for p in pieces:
+        shutil.copy2(p, repo / ".gpu" / p.name)
+    call(2)
+    stages = json.loads((tmp_path / "grid2" / "runs" / "base-rs-ipc1-seed0" / "stages.json").read_text())
+    trained = json.loads((tmp_path / "grid1" / "runs" / "base-rs-ipc1-seed0" / "stages.json").read_text())
+    assert trained["generator"]["seconds"] > 0 and stages["generator"]["seconds"] == 0.0  # unpacked, not retrained
+    assert stages["generator"]["sha256"] == trained["generator"]["sha256"]
