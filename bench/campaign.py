@@ -51,7 +51,8 @@ DC_STEP_SECONDS = 0.40
 # A training step of each student against ConvNet-3's (bench/student_cost.py: IPC 10's 100 images of 1x28x28,
 # recipe dc, 2 threads; bench/results/student_cost.txt).
 STUDENT_COST = {"convnet": 1.0, "convnet_d4": 1.0, "resnet18": 10.1, "vgg11": 4.2}
-FULL_MINUTES = 45.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images), estimated
+FULL_MINUTES = 52.0  # one seed of the full-data row (dc-full, 30 epochs on 60,000 images): 5.4 min an epoch on the
+# Zen-1 machine (2026-12-06), divided by its 3.1x slower dc step
 # Not in the estimates: the caches the first part that needs them builds (the teacher, 60 epochs: ~95 min; the
 # generator: ~45 min before the malloc fix).
 
