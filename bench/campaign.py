@@ -253,6 +253,17 @@ def list_parts(results: Path, name: str) -> None:
           "(estimates: the earlier machine's minutes, without rebuilding caches)")
 
 
+def lost_cells(part: Part, table: dict, out: Path) -> list[str]:
+    """The run folders of the part's cells that ``table`` has rows for but OUT no longer holds (a machine that was
+    reset): a compare would distill them again, with whatever generator and teacher the caches now hold, and replace
+    their rows, unpairing them from the table's other cells of the old weights."""
+    want, runs = _wanted(part), part.folder(out) / "runs"
+    names = {Path(r["run"]).name for r in table.get("cells", [])
+             if (r["method"], None if r["method"] == "full" else r["ipc"], r["seed"], r["recipe"], r["student"],
+                 str(r.get("sweep"))) in want and r.get("run")}
+    return sorted(n for n in names if not (runs / n / "config.yaml").is_file())
+
+
 def restricted(part: Part, recipes: list[str] | None) -> tuple[Part | None, str]:
     """The part with only ``recipes`` among its own (e.g. hard labels first, before the teacher that soft labels need
     is trained) and the name parts.json records it under (PART:RECIPES when some were left out); (None, name) when
@@ -291,6 +302,12 @@ def run_parts(args: argparse.Namespace) -> None:
             shutil.copy2(kept / "results.json", where / "results.json")  # the rows of earlier parts, anywhere
         table = _results(part, out)
         if _done(part, table):
+            continue
+        lost = lost_cells(part, table, out)
+        if lost and not args.redo:
+            print(f"[campaign] {name}: skipped: {len(lost)} of its cells are in the table but their run folders are "
+                  f"gone (e.g. {lost[0]}); running it would make them again with this machine's caches and replace "
+                  "their rows. Run it into another --out, or pass --redo", flush=True)
             continue
         if until is not None and time.time() + 60 * speed * part.minutes(table) > until:
             print(f"[campaign] {name}: ~{speed * part.minutes(table):.0f} min here does not fit before --until; "
@@ -344,6 +361,8 @@ def main() -> None:
     ap.add_argument("--results", default=str(RESULTS), help="committed copies of the tables and parts.json")
     ap.add_argument("--until", help="HH:MM: start no part that would not end by then")
     ap.add_argument("--only", help="run only the parts whose name starts with this")
+    ap.add_argument("--redo", action="store_true", help="run parts even when cells of theirs that are in the table "
+                                                         "lost their run folders (they are made again)")
     ap.add_argument("--device", default="cpu", help="where the compares train (e.g. cuda on a lent GPU; see "
                                                     "gpu_campaign.sh)")
     ap.add_argument("--recipes", help="run only these recipes of each part (comma-separated, e.g. dc: hard labels "

@@ -16,14 +16,16 @@ out=${OUT:-/tmp/gpu-out}
 grid=${GRID:-/tmp/grid}
 export D3HR_CACHE=${D3HR_CACHE:-/tmp/d3hr-cache} OMP_NUM_THREADS=${OMP_NUM_THREADS:-8} D3HR_QUIET=1 PYTHONUNBUFFERED=1
 mkdir -p "$D3HR_CACHE" "$out/results"
-if ls .gpu/cache.tgz* >/dev/null 2>&1; then
-    cat .gpu/cache.tgz* | tar -xzf - -C "$D3HR_CACHE"
+redo=()
+if ls .gpu/cache.tgz* >/dev/null 2>&1; then  # the earlier call's generator and teacher: cells made again (their
+    cat .gpu/cache.tgz* | tar -xzf - -C "$D3HR_CACHE"  # run folders died with its machine) rest on the same weights
+    redo=(--redo)
 fi
 committed=${RESULTS:-bench/results/fashion-mnist-grid-gpu}  # the GPU grid's table so far
 cp "$committed"/* "$out/results/" 2>/dev/null || true
 status=0
 timeout --signal=INT "$((minutes * 60))" $PY bench/campaign.py run --out "$grid" --results "$out/results" \
-    --device "$DEVICE" "$@" || status=$?
+    --device "$DEVICE" "${redo[@]}" "$@" || status=$?
 [ "$status" -eq 124 ] && echo "[gpu_campaign] stopped after $minutes min; the part under way is lost"
 tar -czf - -C "$D3HR_CACHE" . | split -b 15M -d - "$out/cache.tgz."
 ls -l "$out" "$out/results"

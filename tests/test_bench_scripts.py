@@ -297,6 +297,34 @@ def test_campaign_can_run_a_parts_hard_label_cells_first():
     assert hard.command(Path("OUT"), "cuda")[-2:] == ["--device", "cuda"] and "--device" not in hard.command(Path("O"))
 
 
+def test_campaign_skips_a_part_whose_recorded_cells_lost_their_run_folders(tmp_path, capsys, monkeypatch):
+    """After a reset, a part with some cells done (e.g. ARS: the augmented cells) would distill them again with the
+    rebuilt caches and replace their rows: it is skipped with one line, unless --redo."""
+    import argparse
+
+    c = _campaign_module()
+    part = c.Part("ars-ipc10-seed0", ("d3hr",), 10, (0,), ("dc",), ars=True)
+    monkeypatch.setattr(c, "plan", lambda name: [part])
+    out = tmp_path / "grid"
+    row = {"method": "d3hr", "ipc": 10, "seed": 0, "recipe": "dc", "student": "convnet", "sweep": None,
+           "run": "/elsewhere/runs/d3hr-ipc10-seed0"}
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"cells": [row]}))
+    assert c.lost_cells(part, {"cells": [row]}, out) == ["d3hr-ipc10-seed0"]
+    ran = []
+    monkeypatch.setattr(c.subprocess, "run", lambda cmd, env: ran.append(cmd) or argparse.Namespace(returncode=0))
+    args = argparse.Namespace(out=str(out), results=str(tmp_path / "results"), until=None, only=None,
+                              plan="fashion-mnist", recipes=None, redo=False, device="cpu")
+    c.run_parts(args)
+    assert not ran and "skipped: 1 of its cells are in the table but their run folders are gone" in (
+        capsys.readouterr().out)
+    c.run_parts(argparse.Namespace(**{**vars(args), "redo": True}))  # asked for: it runs
+    assert len(ran) == 1 and "--ars" in ran[0]
+    (out / "runs" / "d3hr-ipc10-seed0").mkdir(parents=True)
+    (out / "runs" / "d3hr-ipc10-seed0" / "config.yaml").write_text("seed: 0\n")
+    assert c.lost_cells(part, {"cells": [row]}, out) == []  # the folder is there: nothing is made again
+
+
 def test_student_cost_times_each_student_beside_the_first():
     out = _run(str(BENCH / "student_cost.py"), "--students", "convnet,vgg11", "--images", "4", "--size", "8",
                "--epochs", "1", "--threads", "1")
@@ -313,7 +341,7 @@ def test_campaign_scales_its_estimates_by_this_machines_speed(tmp_path, capsys, 
     assert c.machine_factor(1) > 0  # a real dc step timed here
     monkeypatch.setattr(c, "machine_factor", lambda threads: 1e6)
     args = argparse.Namespace(out=str(tmp_path / "grid"), results=str(tmp_path / "results"), until="23:59",
-                              only="smoke-a", plan="smoke", recipes=None)
+                              only="smoke-a", plan="smoke", recipes=None, redo=False)
     c.run_parts(args)
     out = capsys.readouterr().out
     assert "smoke-a: ~" in out and "min here does not fit before --until; stopping" in out
