@@ -234,7 +234,7 @@ def _results(part: Part, base: Path) -> dict:
     return _load(part.folder(base) / "results.json")
 
 
-def list_parts(results: Path, name: str) -> None:
+def list_parts(results: Path, name: str, out: Path | None = None) -> None:
     record = _load(results / "parts.json")
     hours = sum(p["seconds"] * p["threads"] for p in record.values()) / 3600
     left = 0.0
@@ -248,6 +248,8 @@ def list_parts(results: Path, name: str) -> None:
             shown = f"{took / 60:.0f} min" + (f" ({where})" if where else "")
         else:
             shown = "not timed (before parts.json)" if state == "done" else f"~{part.minutes(table):.0f} min (estimate)"
+        lost = lost_cells(part, table, out) if out is not None and state == "todo" else []
+        shown += f"; {len(lost)} recorded cells lost their run folders (--redo or another --out)" if lost else ""
         print(f"{part.name:<28} {state:<5} {shown}")
     print(f"{hours:.2f} CPU hours recorded (wall seconds x threads); ~{left / 60:.1f} wall hours of this plan left "
           "(estimates: the earlier machine's minutes, without rebuilding caches)")
@@ -370,7 +372,7 @@ def main() -> None:
     ap.add_argument("--plan", default="fashion-mnist", choices=("fashion-mnist", "covariance", "subsample", "smoke"))
     args = ap.parse_args()
     if args.step == "list":
-        list_parts(Path(args.results), args.plan)
+        list_parts(Path(args.results), args.plan, Path(args.out))
     elif args.step == "tables":
         from d3hr.compare import refresh_results
 

@@ -318,6 +318,8 @@ def test_campaign_skips_a_part_whose_recorded_cells_lost_their_run_folders(tmp_p
     c.run_parts(args)
     assert not ran and "skipped: 1 of its cells are in the table but their run folders are gone" in (
         capsys.readouterr().out)
+    c.list_parts(out, "fashion-mnist", out)
+    assert "1 recorded cells lost their run folders (--redo or another --out)" in capsys.readouterr().out
     c.run_parts(argparse.Namespace(**{**vars(args), "redo": True}))  # asked for: it runs
     assert len(ran) == 1 and "--ars" in ran[0]
     (out / "runs" / "d3hr-ipc10-seed0").mkdir(parents=True)
