@@ -125,6 +125,26 @@ def test_cells_on_different_teachers_or_generators_are_flagged_by_ipc():
     assert f"IPC 10 cells name 2 different selecting teachers (weights sha256 unrecorded: 1 cell; {'t' * 12}" in line
 
 
+def test_a_table_with_the_full_data_row_reads_back(tmp_path):
+    """The full-data row has no IPC: a results.json holding it is read back by the next compare into OUT (it was
+    refused once, stopping every later part of a grid) and by refresh_results."""
+    from d3hr.compare import _earlier_rows, refresh_results
+
+    setup = {"name": "dc", "labels": "hard", "epochs": 1000}
+    cell = {"method": "random-real", "ipc": 10, "seed": 0, "labels": "hard", "recipe": "dc", "setup": setup,
+            "sweep": None, "student": "convnet", "epochs": 1000, "top1": 0.74, "teacher": None}
+    full = {**cell, "method": "full", "ipc": None, "recipe": "dc-full", "setup": {**setup, "name": "dc-full"},
+            "epochs": 30, "top1": 0.93}
+    (tmp_path / "results.json").write_text(json.dumps({"dataset": "fashion-mnist", "student": "convnet",
+                                                       "cells": [cell, full]}))
+    rows, kept = _earlier_rows(tmp_path, "fashion-mnist", "convnet")
+    assert [r["ipc"] for r in rows] == [10, None] and kept == []
+    result = refresh_results(tmp_path)
+    assert [r["ipc"] for r in result["cells"]] == [10, None]
+    assert "93.0" in (tmp_path / "results.md").read_text()  # the upper bound's line
+    assert _earlier_rows(tmp_path, "fashion-mnist", "convnet")[0] == rows  # and again, as written
+
+
 def test_paired_differences_leave_out_pairs_on_different_weights():
     from d3hr.compare import paired_differences, paired_table, robust_scores
 

@@ -160,8 +160,9 @@ RECORD = Obj({"top1": NUMBER, "seed": int}, {"student": str, "labels": str, "epo
 TEACHER = Obj({}, {"arch": str, "epochs": int, "train_images": int, "test_top1": Nullable(NUMBER), "path": str})
 RESULTS = Obj({"records": ListOf(RECORD)}, {"format_version": int, "run": dict, "teachers": MapOf(TEACHER),
                                             "summary": ListOf(SUMMARY_ROW)})
-COMPARE_CELL = Obj({"method": str, "ipc": int, "seed": int, "labels": str, "sweep": Nullable(list), "student": str,
-                    "epochs": int, "top1": NUMBER}, {"teacher": Nullable(TEACHER), "run": str})
+COMPARE_CELL = Obj({"method": str, "ipc": Nullable(int), "seed": int, "labels": str, "sweep": Nullable(list),
+                    "student": str, "epochs": int, "top1": NUMBER},  # ipc None: the full-data row
+                   {"teacher": Nullable(TEACHER), "run": str})
 QUALITY_CELL = Obj({"method": str, "ipc": int, "seed": int, "sweep": Nullable(list), "k": int},
                    {name: Nullable(NUMBER) for name in ("fid", "precision", "recall", "density", "coverage",
                                                         "diversity", "real_diversity")})
