@@ -206,10 +206,15 @@ def _wanted(part: Part) -> set[tuple]:
             for w in part.sweep_values()}
 
 
+def _row_key(r: dict) -> tuple:
+    """A compare row's training cell, keyed as ``_wanted`` keys them."""
+    return (r["method"], None if r["method"] == "full" else r["ipc"], r["seed"], r["recipe"], r["student"],
+            str(r.get("sweep")))
+
+
 def _trained(results: dict) -> set[tuple]:
-    """The training cells a compare results.json has rows for, keyed as ``_wanted`` keys them."""
-    return {(r["method"], None if r["method"] == "full" else r["ipc"], r["seed"], r["recipe"], r["student"],
-             str(r.get("sweep"))) for r in results.get("cells", [])}
+    """The training cells a compare results.json has rows for."""
+    return {_row_key(r) for r in results.get("cells", [])}
 
 
 def _wanted_quality(part: Part) -> set[tuple]:
@@ -260,9 +265,7 @@ def lost_cells(part: Part, table: dict, out: Path) -> list[str]:
     reset): a compare would distill them again, with whatever generator and teacher the caches now hold, and replace
     their rows, unpairing them from the table's other cells of the old weights."""
     want, runs = _wanted(part), part.folder(out) / "runs"
-    names = {Path(r["run"]).name for r in table.get("cells", [])
-             if (r["method"], None if r["method"] == "full" else r["ipc"], r["seed"], r["recipe"], r["student"],
-                 str(r.get("sweep"))) in want and r.get("run")}
+    names = {Path(r["run"]).name for r in table.get("cells", []) if r.get("run") and _row_key(r) in want}
     return sorted(n for n in names if not (runs / n / "config.yaml").is_file())
 
 
@@ -287,7 +290,7 @@ def run_parts(args: argparse.Namespace) -> None:
 
     until = _deadline(args.until)
     threads = int(os.environ.get("OMP_NUM_THREADS", "2"))
-    device = getattr(args, "device", None) or "cpu"
+    device = args.device
     if until is not None and device != "cpu":
         sys.exit("[campaign] --until scales CPU estimates; on another device bound the run with timeout instead")
     speed = machine_factor(threads) if until is not None else 1.0
@@ -321,13 +324,13 @@ def run_parts(args: argparse.Namespace) -> None:
         if proc.returncode != 0:
             sys.exit(f"[campaign] {name} failed (exit {proc.returncode}); rerun to resume it")
         record = _load(results / "parts.json")
-        record[name] = {"command": " ".join(part.command(Path("OUT"))[3:]), "seconds": round(
+        record[name] = {"command": " ".join(part.command(Path("OUT"), device)[3:]), "seconds": round(
             time.monotonic() - start, 1), "threads": threads, "kernels": kernels(device),
             "finished": datetime.datetime.now().isoformat(timespec="seconds")}
         kept.mkdir(parents=True, exist_ok=True)
-        for name in ("results.json", "results.md", "accuracy.png"):
-            if (where / name).is_file():
-                shutil.copy2(where / name, kept / name)
+        for table_file in ("results.json", "results.md", "accuracy.png"):
+            if (where / table_file).is_file():
+                shutil.copy2(where / table_file, kept / table_file)
         (results / "parts.json").write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -343,7 +343,7 @@ def test_campaign_scales_its_estimates_by_this_machines_speed(tmp_path, capsys, 
     assert c.machine_factor(1) > 0  # a real dc step timed here
     monkeypatch.setattr(c, "machine_factor", lambda threads: 1e6)
     args = argparse.Namespace(out=str(tmp_path / "grid"), results=str(tmp_path / "results"), until="23:59",
-                              only="smoke-a", plan="smoke", recipes=None, redo=False)
+                              only="smoke-a", plan="smoke", recipes=None, redo=False, device="cpu")
     c.run_parts(args)
     out = capsys.readouterr().out
     assert "smoke-a: ~" in out and "min here does not fit before --until; stopping" in out

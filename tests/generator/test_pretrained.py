@@ -104,3 +104,18 @@ def test_a_hub_ids_schedule_comes_from_the_hub(monkeypatch, tmp_path):
     monkeypatch.setattr("diffusers.configuration_utils.hf_hub_download", offline)
     with pytest.raises(D3HRError, match="cannot read the scheduler config of generator someone/dit"):
         generator_schedule("someone/dit")
+
+
+def test_the_weights_hash_reads_each_file_version_once(tiny_generator, tmp_path, monkeypatch):
+    """generator_sha256 is asked by every run of a compare: a file is read once per process, and again only when it
+    changed (size or mtime), which changes the hash."""
+    from d3hr.generator import model, save_generator
+
+    save_generator(tiny_generator, tmp_path / "gen")
+    first = model.generator_sha256(tmp_path / "gen")
+    reads = []
+    monkeypatch.setattr(model, "sha256_file", lambda p: reads.append(p) or "0" * 64)
+    assert model.generator_sha256(tmp_path / "gen") == first and reads == []  # remembered
+    weights = next((tmp_path / "gen" / "transformer").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes() + b" ")  # another version of the file
+    assert model.generator_sha256(tmp_path / "gen") != first and reads == [weights]

@@ -164,8 +164,21 @@ def generator_sha256(source: str | Path) -> str:
                    for p in (local / part).rglob("*.safetensors") if p.is_file())
     if not files:
         raise D3HRError(f"generator {source} has no safetensors weight files under {' or '.join(WEIGHT_FOLDERS)}/")
-    listing = "".join(f"{rel} {sha256_file(local / rel)}\n" for rel in files)
+    listing = "".join(f"{rel} {_weights_file_sha256(local / rel)}\n" for rel in files)
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+_FILE_SHA256: dict[tuple[str, int, int], str] = {}  # (resolved path, size, mtime_ns) -> sha256, for this process
+
+
+def _weights_file_sha256(path: Path) -> str:
+    """sha256_file, once per file version in a process: every run of a compare names the same generator, and a
+    pretrained DiT-XL/2 is 3 GB to read."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_SHA256:
+        _FILE_SHA256[key] = sha256_file(path)
+    return _FILE_SHA256[key]
 
 
 def build_small(num_classes: int, channels: int, image_size: int, block_out_channels: list[int],
