@@ -189,6 +189,38 @@ def test_selection_of_the_wrong_shape_is_refused(reference, tmp_path, capsys):
     assert not (run / "images").exists()
 
 
+def test_generator_training_stopped_inside_an_epoch_resumes_identically(tmp_path, monkeypatch):
+    """One epoch can outlast a session (the 500 VAE steps of Fashion-MNIST are half an epoch): with a checkpoint
+    after every step, a stop inside the VAE's epoch and one inside the DiT's first epoch each resume where they
+    stopped, to byte-identical weights."""
+    from d3hr.generator import train as train_module
+
+    args = ["train-generator", *ARGS, "--out", str(tmp_path / "run")]  # VAE: 9 batches of 570 images; DiT: 5 of 600
+    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "ref-cache"))
+    assert main(args) == 0
+    monkeypatch.setenv("D3HR_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("D3HR_CHECKPOINT_SECONDS", "0")
+    real_save, saves, stops = train_module.save_checkpoint, [], [("vae", 0, 4), ("dit", 0, 3)]
+
+    def save_then_stop(path, modules, opt, extra, generators=None):
+        real_save(path, modules, opt, extra, generators=generators)
+        saves.append((next(iter(modules)), extra["epoch"], extra["batches"]))
+        if saves[-1] in stops:
+            stops.remove(saves[-1])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    assert main(args) == 130 and saves[-1] == ("vae", 0, 4)
+    assert main(args) == 130 and saves[-1] == ("dit", 0, 3)
+    assert main(args) == 0
+    # each run went on from the batch after the last checkpoint, not from the epoch's start
+    assert saves[4] == ("vae", 0, 5) and ("dit", 0, 4) in saves and saves.count(("vae", 0, 1)) == 1
+    [ref] = (tmp_path / "ref-cache" / "generators").iterdir()
+    [new] = (tmp_path / "cache" / "generators").iterdir()
+    for part in ("vae/diffusion_pytorch_model.safetensors", "transformer/diffusion_pytorch_model.safetensors"):
+        assert (ref / part).read_bytes() == (new / part).read_bytes(), part
+
+
 def test_killed_during_generator_training_resumes_identically(tmp_path, monkeypatch):
     """Generator training checkpoints every epoch; a resumed training saves byte-identical weights."""
     args = ["train-generator", *ARGS, "--set", "generator.dit.epochs=8"]

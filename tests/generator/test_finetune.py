@@ -71,9 +71,9 @@ def test_interrupted_finetune_resumes_to_the_same_weights(pretrained_dir, three_
     monkeypatch.undo()
     saved_epochs = []
 
-    def save_and_count(path, modules, opt, extra):
+    def save_and_count(path, modules, opt, extra, generators=None):
         saved_epochs.append(extra["epoch"])
-        real_save(path, modules, opt, extra)
+        real_save(path, modules, opt, extra, generators=generators)
 
     monkeypatch.setitem(finetune_module.train_dit.__globals__, "save_checkpoint", save_and_count)
     assert main(_args(pretrained_dir, three_classes, tmp_path / "resumed")) == 0

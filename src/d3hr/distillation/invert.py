@@ -14,7 +14,6 @@ on rank 0, and the class models of d3hr.distillation.covariance are fitted at th
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from d3hr.distillation.subsample import ALL, Plan, make_plan, per_class_record
 from d3hr.errors import D3HRError
 from d3hr.generator import Generator
 from d3hr.runfolder import STATS, STATS_PARTIAL
+from d3hr.utils.checkpoint import checkpoint_seconds
 from d3hr.utils.io import atomic_path, load_tensors, save_tensors, sha256_json
 from d3hr.utils.progress import progress, say
 from d3hr.utils.seeding import generator_for
@@ -45,9 +45,7 @@ def applies(ctx: Context) -> bool:
     return ctx.spec.needs_inversion
 
 
-def checkpoint_seconds() -> float:
-    """How often inversion writes its partial moments (seconds); D3HR_CHECKPOINT_SECONDS overrides the 30 s default."""
-    return float(os.environ.get("D3HR_CHECKPOINT_SECONDS", "30"))
+SAVE_SECONDS = 30.0  # inversion writes its partial moments at most this often (D3HR_CHECKPOINT_SECONDS overrides)
 
 
 def stage_key(ctx: Context, previous: str | None) -> str:
@@ -168,7 +166,7 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
                         joint.add(joint_part)
             nxt = first + len(done)
             bar.update(int(sum(len(batches[i]) for i in range(first, nxt))))
-            if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds():
+            if ctx.world.is_main and time.time() - last_save >= checkpoint_seconds(SAVE_SECONDS):
                 # a round's last batch too: resumed there, the round's end (the rule) runs from these moments
                 _save_partial(partial, key, m0, mk, {"round": r, "next_batch": nxt, "active": active}, joint)
                 last_save = time.time()

@@ -224,22 +224,15 @@ def train_model(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, r
 
 def _save(path: Path, epochs_done: int, model: nn.Module, opt: torch.optim.Optimizer, order: torch.Generator,
           aug_gen: torch.Generator, result: TrainResult) -> None:
-    gens = nn.Module()
-    gens.register_buffer("order", order.get_state())
-    gens.register_buffer("augment", aug_gen.get_state())
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(path, {"model": model, "generators": gens}, opt,
-                    {"epochs_done": epochs_done, "losses": result.losses, "last_top1": result.last_top1})
+    save_checkpoint(path, {"model": model}, opt,
+                    {"epochs_done": epochs_done, "losses": result.losses, "last_top1": result.last_top1},
+                    generators={"order": order, "augment": aug_gen})
 
 
 def _resume(path: Path, model: nn.Module, opt: torch.optim.Optimizer, order: torch.Generator,
             aug_gen: torch.Generator, result: TrainResult) -> int:
-    gens = nn.Module()
-    gens.register_buffer("order", order.get_state())
-    gens.register_buffer("augment", aug_gen.get_state())
-    meta = load_checkpoint(path, {"model": model, "generators": gens}, opt)
-    order.set_state(gens.order)
-    aug_gen.set_state(gens.augment)
+    meta = load_checkpoint(path, {"model": model}, opt, generators={"order": order, "augment": aug_gen})
     result.losses[:] = meta["losses"]
     result.last_top1[:] = meta["last_top1"]
     return int(meta["epochs_done"])

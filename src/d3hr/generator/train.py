@@ -12,7 +12,7 @@ import copy
 import math
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from d3hr.data.images import ImageSet, fit_to_model, fit_to_saved, match_channel
 from d3hr.diffusion.ddim import forward_noise
 from d3hr.errors import D3HRError
 from d3hr.generator.model import Generator
-from d3hr.utils.checkpoint import load_checkpoint, save_checkpoint
+from d3hr.utils.checkpoint import checkpoint_seconds, load_checkpoint, save_checkpoint
 from d3hr.utils.dist import World, get_world, kernels
 from d3hr.utils.io import replace_dir
 from d3hr.utils.progress import progress
@@ -95,20 +95,56 @@ def _average_grads(module: torch.nn.Module, world: World) -> None:
         offset += g.numel()
 
 
-def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module],
-            opt: torch.optim.Optimizer) -> tuple[int, list[float], float]:
-    """(epochs done, their losses, seconds spent) from a checkpoint, or a fresh start."""
-    if ckpt is not None and ckpt.is_file():
-        meta = load_checkpoint(ckpt, modules, opt)
-        return int(meta["epoch"]), list(meta.get("losses", [])), float(meta.get("seconds", 0.0))
-    return 0, [], 0.0
+SAVE_SECONDS = 120.0  # a training writes its resumable state at most this often, and after every epoch
+# (D3HR_CHECKPOINT_SECONDS overrides); inside an epoch too: at small data one epoch can outlast a session
+
+
+@dataclass
+class _Position:
+    """Where a resumable training stands: epochs done, batches done of the epoch under way and that epoch's running
+    loss sum and item count, every finished epoch's loss, and the seconds spent."""
+
+    epoch: int = 0
+    batches: int = 0
+    total: float = 0.0
+    count: int = 0
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+            rng: torch.Generator) -> _Position:
+    """The position of a checkpoint (restoring the modules, the optimizer and, when it stopped inside an epoch, that
+    epoch's random generator into ``rng``), or a fresh start."""
+    if ckpt is None or not ckpt.is_file():
+        return _Position()
+    meta = load_checkpoint(ckpt, modules, opt, generators={"epoch": rng})
+    return _Position(int(meta["epoch"]), int(meta.get("batches", 0)), float(meta.get("total", 0.0)),
+                     int(meta.get("count", 0)), list(meta.get("losses", [])), float(meta.get("seconds", 0.0)))
+
+
+def _save(ckpt: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer, rng: torch.Generator,
+          pos: _Position) -> None:
+    save_checkpoint(ckpt, modules, opt, {"epoch": pos.epoch, "batches": pos.batches, "total": pos.total,
+                                         "count": pos.count, "losses": pos.losses, "seconds": pos.seconds},
+                    generators={"epoch": rng})
+
+
+def _epoch_start(pos: _Position, epoch: int, rng: torch.Generator, fresh: torch.Generator
+                 ) -> tuple[int, float, int, torch.Generator]:
+    """(batches to skip, loss sum, item count, the epoch's generator): the checkpoint's when it stopped inside
+    ``epoch``, else a fresh start of the epoch with ``fresh``."""
+    if epoch == pos.epoch and pos.batches:
+        return pos.batches, pos.total, pos.count, rng
+    return 0, 0.0, 0, fresh
 
 
 def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
               precision: str = "bf16", ckpt: Path | None = None,
               train_idx: np.ndarray | None = None) -> tuple[list[float], float]:
     """Train ``gen.vae`` to reconstruct the images at ``train_idx`` (default: all) with MSE + KL, for ``cfg.steps``
-    optimizer steps (or ``cfg.epochs`` passes), resuming from ``ckpt`` at epoch granularity.
+    optimizer steps (or ``cfg.epochs`` passes), resuming from ``ckpt`` (written every epoch and every
+    ``SAVE_SECONDS`` inside one) to the same weights.
 
     Returns the mean training MSE of every epoch (those before a resume included) and the seconds spent.
     """
@@ -116,16 +152,18 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
     pool = np.arange(len(images)) if train_idx is None else np.asarray(train_idx)
     vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, losses, spent = _resume(ckpt, {"vae": vae}, opt)
-    t0 = time.time() - spent
+    modules, rng = {"vae": vae}, torch.Generator()
+    pos = _resume(ckpt, modules, opt, rng)
+    losses, t0 = pos.losses, time.time() - pos.seconds
     per_epoch = math.ceil(len(pool) / cfg.batch_size)
     steps = total_steps(cfg.steps, cfg.epochs, len(pool), cfg.batch_size)
     bar = progress(steps, "train VAE", "step")
-    bar.update(min(start * per_epoch, steps))
-    for epoch in range(start, math.ceil(steps / per_epoch)):
-        noise = generator_for(seed, "vae-noise", epoch)
-        total, count = 0.0, 0
-        for batch in _batches(len(pool), cfg.batch_size, seed, "vae-epoch", epoch)[: steps - epoch * per_epoch]:
+    bar.update(min(pos.epoch * per_epoch + pos.batches, steps))
+    every, saved = checkpoint_seconds(SAVE_SECONDS), time.time()
+    for epoch in range(pos.epoch, math.ceil(steps / per_epoch)):
+        batches = _batches(len(pool), cfg.batch_size, seed, "vae-epoch", epoch)[: steps - epoch * per_epoch]
+        skip, total, count, noise = _epoch_start(pos, epoch, rng, generator_for(seed, "vae-noise", epoch))
+        for done, batch in enumerate(batches[skip:], start=skip + 1):
             batch = pool[batch]
             rows = world.rows(len(batch))
             x = match_channels(fit_to_model(images.load(batch[rows.numpy()]), image_size, fit),
@@ -147,10 +185,13 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
             count += len(batch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
+            if ckpt is not None and world.is_main and done < len(batches) and time.time() - saved >= every:
+                _save(ckpt, modules, opt, noise, _Position(epoch, done, total, count, losses, time.time() - t0))
+                saved = time.time()
         losses.append(total / count)
         if ckpt is not None and world.is_main:
-            save_checkpoint(ckpt, {"vae": vae}, opt,
-                            {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
+            _save(ckpt, modules, opt, noise, _Position(epoch + 1, 0, 0.0, 0, losses, time.time() - t0))
+            saved = time.time()
     bar.close()
     vae.eval().to(memory_format=torch.contiguous_format)
     return losses, time.time() - t0
@@ -189,19 +230,21 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     dit.eval()  # no dropout layers; eval keeps diffusers from dropping labels itself (we drop them, seeded)
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
-    start, losses, spent = _resume(ckpt, {"dit": dit, "ema": ema}, opt)
-    t0 = time.time() - spent
+    modules, rng = {"dit": dit, "ema": ema}, torch.Generator()
+    pos = _resume(ckpt, modules, opt, rng)
+    losses, t0 = pos.losses, time.time() - pos.seconds
     alphas = gen.alphas_cumprod.float()
     null = gen.num_labels
     params, ema_params = list(dit.parameters()), list(ema.parameters())
     steps_per_epoch = math.ceil(len(z0) / cfg.batch_size)
     steps = total_steps(cfg.steps, cfg.epochs, len(z0), cfg.batch_size)
     bar = progress(steps, "train DiT", "step")
-    bar.update(min(start * steps_per_epoch, steps))
-    for epoch in range(start, math.ceil(steps / steps_per_epoch)):
-        g = generator_for(seed, "dit-noise", epoch)
-        total, count = 0.0, 0
-        for idx in _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch)[: steps - epoch * steps_per_epoch]:
+    bar.update(min(pos.epoch * steps_per_epoch + pos.batches, steps))
+    every, saved = checkpoint_seconds(SAVE_SECONDS), time.time()
+    for epoch in range(pos.epoch, math.ceil(steps / steps_per_epoch)):
+        batches = _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch)[: steps - epoch * steps_per_epoch]
+        skip, total, count, g = _epoch_start(pos, epoch, rng, generator_for(seed, "dit-noise", epoch))
+        for done, idx in enumerate(batches[skip:], start=skip + 1):
             idx = torch.from_numpy(idx)
             x0, y = z0[idx], labels[idx].clone()
             t = torch.randint(0, len(alphas), (len(idx),), generator=g)
@@ -219,7 +262,7 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             (loss * (len(rows) * world.size / len(idx))).backward()
             _average_grads(dit, world)
             opt.step()
-            step = epoch * steps_per_epoch + count // cfg.batch_size  # global optimizer step
+            step = epoch * steps_per_epoch + done - 1  # global optimizer step
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))  # EMA warm-up for short trainings
             with torch.no_grad():
                 torch._foreach_lerp_(ema_params, params, 1.0 - decay)
@@ -227,10 +270,13 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             count += len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
+            if ckpt is not None and world.is_main and done < len(batches) and time.time() - saved >= every:
+                _save(ckpt, modules, opt, g, _Position(epoch, done, total, count, losses, time.time() - t0))
+                saved = time.time()
         losses.append(total / count)
         if ckpt is not None and world.is_main:
-            save_checkpoint(ckpt, {"dit": dit, "ema": ema}, opt,
-                            {"epoch": epoch + 1, "losses": losses, "seconds": time.time() - t0})
+            _save(ckpt, modules, opt, g, _Position(epoch + 1, 0, 0.0, 0, losses, time.time() - t0))
+            saved = time.time()
     bar.close()
     dit.load_state_dict(ema.state_dict())
     return losses, time.time() - t0
@@ -240,8 +286,9 @@ def train_small(cfg: Config, ds: ImageSet, device: torch.device, path: Path,
                 provenance: dict[str, Any]) -> dict[str, Any]:
     """Train the small generator of ``cfg`` on ``ds`` and write it to ``path`` (rank 0; diffusers layout, renamed
     into place): the VAE on all but a held-out slice, its scaling factor (1 / std of the latents, as the SD VAE's
-    0.18215 was chosen), then the DiT on the scaled latents. Resumable by epoch from ``path``.partial; returns the
-    quality readout (held-out PSNR, steps, final losses), also stored in the generator's provenance file."""
+    0.18215 was chosen), then the DiT on the scaled latents. Resumable from ``path``.partial, inside an epoch too;
+    returns the quality readout (held-out PSNR, steps, final losses), also stored in the generator's provenance
+    file."""
     from d3hr.generator.model import build_small, save_generator
 
     g, d, world = cfg.generator, cfg.data, get_world()
