@@ -112,31 +112,50 @@ class _Position:
     seconds: float = 0.0
 
 
-def _resume(ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
-            rng: torch.Generator) -> _Position:
-    """The position of a checkpoint (restoring the modules, the optimizer and, when it stopped inside an epoch, that
-    epoch's random generator into ``rng``), or a fresh start."""
-    if ckpt is None or not ckpt.is_file():
-        return _Position()
-    meta = load_checkpoint(ckpt, modules, opt, generators={"epoch": rng})
-    return _Position(int(meta["epoch"]), int(meta.get("batches", 0)), float(meta.get("total", 0.0)),
-                     int(meta.get("count", 0)), list(meta.get("losses", [])), float(meta.get("seconds", 0.0)))
+class _Checkpoints:
+    """The resumable state of one training in ``ckpt`` (None: kept nowhere): restored on construction, written by
+    rank 0 after every epoch and at most every ``SAVE_SECONDS`` inside one, with the epoch's random generator."""
 
+    def __init__(self, ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer):
+        self.ckpt, self.modules, self.opt = ckpt, modules, opt
+        self.rng, self.pos = torch.Generator(), _Position()
+        if ckpt is not None and ckpt.is_file():
+            meta = load_checkpoint(ckpt, modules, opt, generators={"epoch": self.rng})
+            self.pos = _Position(int(meta["epoch"]), int(meta.get("batches", 0)), float(meta.get("total", 0.0)),
+                                 int(meta.get("count", 0)), list(meta.get("losses", [])),
+                                 float(meta.get("seconds", 0.0)))
+        self.t0 = time.time() - self.pos.seconds
+        self.every, self.saved = checkpoint_seconds(SAVE_SECONDS), time.time()
+        self.keep = ckpt is not None and get_world().is_main
 
-def _save(ckpt: Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer, rng: torch.Generator,
-          pos: _Position) -> None:
-    save_checkpoint(ckpt, modules, opt, {"epoch": pos.epoch, "batches": pos.batches, "total": pos.total,
-                                         "count": pos.count, "losses": pos.losses, "seconds": pos.seconds},
-                    generators={"epoch": rng})
+    def seconds(self) -> float:
+        """Seconds spent training, those before a resume included."""
+        return time.time() - self.t0
 
+    def epoch_start(self, epoch: int, fresh: torch.Generator) -> tuple[int, float, int, torch.Generator]:
+        """(batches to skip, loss sum, item count, the epoch's generator): the checkpoint's when it stopped inside
+        ``epoch``, else a fresh start of the epoch with ``fresh``."""
+        if epoch == self.pos.epoch and self.pos.batches:
+            return self.pos.batches, self.pos.total, self.pos.count, self.rng
+        return 0, 0.0, 0, fresh
 
-def _epoch_start(pos: _Position, epoch: int, rng: torch.Generator, fresh: torch.Generator
-                 ) -> tuple[int, float, int, torch.Generator]:
-    """(batches to skip, loss sum, item count, the epoch's generator): the checkpoint's when it stopped inside
-    ``epoch``, else a fresh start of the epoch with ``fresh``."""
-    if epoch == pos.epoch and pos.batches:
-        return pos.batches, pos.total, pos.count, rng
-    return 0, 0.0, 0, fresh
+    def after_batch(self, rng: torch.Generator, epoch: int, done: int, of: int, total: float, count: int) -> None:
+        """Save inside the epoch (``done`` of ``of`` batches) if ``SAVE_SECONDS`` passed since the last save."""
+        if self.keep and done < of and time.time() - self.saved >= self.every:
+            self._save(rng, _Position(epoch, done, total, count, self.pos.losses, self.seconds()))
+
+    def after_epoch(self, rng: torch.Generator, epoch: int, loss: float) -> None:
+        """Record the finished epoch's loss and save."""
+        self.pos.losses.append(loss)
+        if self.keep:
+            self._save(rng, _Position(epoch + 1, 0, 0.0, 0, self.pos.losses, self.seconds()))
+
+    def _save(self, rng: torch.Generator, pos: _Position) -> None:
+        assert self.ckpt is not None
+        save_checkpoint(self.ckpt, self.modules, self.opt,
+                        {"epoch": pos.epoch, "batches": pos.batches, "total": pos.total, "count": pos.count,
+                         "losses": pos.losses, "seconds": pos.seconds}, generators={"epoch": rng})
+        self.saved = time.time()
 
 
 def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
@@ -152,17 +171,15 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
     pool = np.arange(len(images)) if train_idx is None else np.asarray(train_idx)
     vae.train().to(memory_format=torch.channels_last)  # measured ~20% faster for conv training on CPU
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    modules, rng = {"vae": vae}, torch.Generator()
-    pos = _resume(ckpt, modules, opt, rng)
-    losses, t0 = pos.losses, time.time() - pos.seconds
+    state = _Checkpoints(ckpt, {"vae": vae}, opt)
+    pos = state.pos
     per_epoch = math.ceil(len(pool) / cfg.batch_size)
     steps = total_steps(cfg.steps, cfg.epochs, len(pool), cfg.batch_size)
     bar = progress(steps, "train VAE", "step")
     bar.update(min(pos.epoch * per_epoch + pos.batches, steps))
-    every, saved = checkpoint_seconds(SAVE_SECONDS), time.time()
     for epoch in range(pos.epoch, math.ceil(steps / per_epoch)):
         batches = _batches(len(pool), cfg.batch_size, seed, "vae-epoch", epoch)[: steps - epoch * per_epoch]
-        skip, total, count, noise = _epoch_start(pos, epoch, rng, generator_for(seed, "vae-noise", epoch))
+        skip, total, count, noise = state.epoch_start(epoch, generator_for(seed, "vae-noise", epoch))
         for done, batch in enumerate(batches[skip:], start=skip + 1):
             batch = pool[batch]
             rows = world.rows(len(batch))
@@ -185,16 +202,11 @@ def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int,
             count += len(batch)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, mse=f"{total / count:.4f}")
-            if ckpt is not None and world.is_main and done < len(batches) and time.time() - saved >= every:
-                _save(ckpt, modules, opt, noise, _Position(epoch, done, total, count, losses, time.time() - t0))
-                saved = time.time()
-        losses.append(total / count)
-        if ckpt is not None and world.is_main:
-            _save(ckpt, modules, opt, noise, _Position(epoch + 1, 0, 0.0, 0, losses, time.time() - t0))
-            saved = time.time()
+            state.after_batch(noise, epoch, done, len(batches), total, count)
+        state.after_epoch(noise, epoch, total / count)
     bar.close()
     vae.eval().to(memory_format=torch.contiguous_format)
-    return losses, time.time() - t0
+    return pos.losses, state.seconds()
 
 
 @torch.no_grad()
@@ -230,9 +242,8 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     dit.eval()  # no dropout layers; eval keeps diffusers from dropping labels itself (we drop them, seeded)
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=cfg.lr, weight_decay=0.0)
-    modules, rng = {"dit": dit, "ema": ema}, torch.Generator()
-    pos = _resume(ckpt, modules, opt, rng)
-    losses, t0 = pos.losses, time.time() - pos.seconds
+    state = _Checkpoints(ckpt, {"dit": dit, "ema": ema}, opt)
+    pos = state.pos
     alphas = gen.alphas_cumprod.float()
     null = gen.num_labels
     params, ema_params = list(dit.parameters()), list(ema.parameters())
@@ -240,10 +251,9 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
     steps = total_steps(cfg.steps, cfg.epochs, len(z0), cfg.batch_size)
     bar = progress(steps, "train DiT", "step")
     bar.update(min(pos.epoch * steps_per_epoch + pos.batches, steps))
-    every, saved = checkpoint_seconds(SAVE_SECONDS), time.time()
     for epoch in range(pos.epoch, math.ceil(steps / steps_per_epoch)):
         batches = _batches(len(z0), cfg.batch_size, seed, "dit-epoch", epoch)[: steps - epoch * steps_per_epoch]
-        skip, total, count, g = _epoch_start(pos, epoch, rng, generator_for(seed, "dit-noise", epoch))
+        skip, total, count, g = state.epoch_start(epoch, generator_for(seed, "dit-noise", epoch))
         for done, idx in enumerate(batches[skip:], start=skip + 1):
             idx = torch.from_numpy(idx)
             x0, y = z0[idx], labels[idx].clone()
@@ -270,16 +280,11 @@ def train_dit(gen: Generator, z0: torch.Tensor, labels: torch.Tensor, cfg: DiTCo
             count += len(idx)
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{total / count:.4f}")
-            if ckpt is not None and world.is_main and done < len(batches) and time.time() - saved >= every:
-                _save(ckpt, modules, opt, g, _Position(epoch, done, total, count, losses, time.time() - t0))
-                saved = time.time()
-        losses.append(total / count)
-        if ckpt is not None and world.is_main:
-            _save(ckpt, modules, opt, g, _Position(epoch + 1, 0, 0.0, 0, losses, time.time() - t0))
-            saved = time.time()
+            state.after_batch(g, epoch, done, len(batches), total, count)
+        state.after_epoch(g, epoch, total / count)
     bar.close()
     dit.load_state_dict(ema.state_dict())
-    return losses, time.time() - t0
+    return pos.losses, state.seconds()
 
 
 def train_small(cfg: Config, ds: ImageSet, device: torch.device, path: Path,
