@@ -97,6 +97,7 @@ def _average_grads(module: torch.nn.Module, world: World) -> None:
 
 SAVE_SECONDS = 120.0  # a training writes its resumable state at most this often, and after every epoch
 # (D3HR_CHECKPOINT_SECONDS overrides); inside an epoch too: at small data one epoch can outlast a session
+SAVE_SHARE = 0.05  # ... and inside an epoch at most this share of the time (a DiT-XL/2 with EMA and Adam is 11 GB)
 
 
 @dataclass
@@ -114,7 +115,8 @@ class _Position:
 
 class _Checkpoints:
     """The resumable state of one training in ``ckpt`` (None: kept nowhere): restored on construction, written by
-    rank 0 after every epoch and at most every ``SAVE_SECONDS`` inside one, with the epoch's random generator."""
+    rank 0 after every epoch and inside one at most every ``SAVE_SECONDS`` and ``SAVE_SHARE`` of the time (the last
+    save's duration / SAVE_SHARE apart), with the epoch's random generator."""
 
     def __init__(self, ckpt: Path | None, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer):
         self.ckpt, self.modules, self.opt = ckpt, modules, opt
@@ -125,7 +127,7 @@ class _Checkpoints:
                                  int(meta.get("count", 0)), list(meta.get("losses", [])),
                                  float(meta.get("seconds", 0.0)))
         self.t0 = time.time() - self.pos.seconds
-        self.every, self.saved = checkpoint_seconds(SAVE_SECONDS), time.time()
+        self.every, self.saved, self.took = checkpoint_seconds(SAVE_SECONDS), time.time(), 0.0
         self.keep = ckpt is not None and get_world().is_main
 
     def seconds(self) -> float:
@@ -140,8 +142,9 @@ class _Checkpoints:
         return 0, 0.0, 0, fresh
 
     def after_batch(self, rng: torch.Generator, epoch: int, done: int, of: int, total: float, count: int) -> None:
-        """Save inside the epoch (``done`` of ``of`` batches) if ``SAVE_SECONDS`` passed since the last save."""
-        if self.keep and done < of and time.time() - self.saved >= self.every:
+        """Save inside the epoch (``done`` of ``of`` batches) when the gap since the last save has passed."""
+        gap = max(self.every, self.took / SAVE_SHARE) if self.every > 0 else 0.0
+        if self.keep and done < of and time.time() - self.saved >= gap:
             self._save(rng, _Position(epoch, done, total, count, self.pos.losses, self.seconds()))
 
     def after_epoch(self, rng: torch.Generator, epoch: int, loss: float) -> None:
@@ -151,11 +154,14 @@ class _Checkpoints:
             self._save(rng, _Position(epoch + 1, 0, 0.0, 0, self.pos.losses, self.seconds()))
 
     def _save(self, rng: torch.Generator, pos: _Position) -> None:
-        assert self.ckpt is not None
+        if self.ckpt is None:
+            return
+        start = time.time()
         save_checkpoint(self.ckpt, self.modules, self.opt,
                         {"epoch": pos.epoch, "batches": pos.batches, "total": pos.total, "count": pos.count,
                          "losses": pos.losses, "seconds": pos.seconds}, generators={"epoch": rng})
         self.saved = time.time()
+        self.took = self.saved - start
 
 
 def train_vae(gen: Generator, images: ImageSet, cfg: VAEConfig, image_size: int, fit: str, seed: int,
