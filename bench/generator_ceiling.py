@@ -16,9 +16,10 @@ cannot be expected to beat the ``ddim`` row by much, since it is built from the 
         --generator-run GRID/runs/d3hr-ipc10-seed0 --real GRID/runs/random-real-ipc10-seed{0,1,2} \\
         --out GRID/ceiling --labels soft --epochs 300
 
-``--generator-run`` is any d3hr run of the grid whose config names the generator and K (it is not modified). The
-student seed of a real run ``...-seed<s>`` is s, as in ``d3hr compare``. Prints one table (mean +- std over the
-real runs) and writes OUT/ceiling.json.
+``--variants vae ddim`` leaves out the real row (e.g. when the real run was made again without its evaluation and
+the grid's table has the cell). ``--generator-run`` is any d3hr run of the grid whose config names the generator
+and K (it is not modified). The student seed of a real run ``...-seed<s>`` is s, as in ``d3hr compare``. Prints one
+table (mean +- std over the real runs) and writes OUT/ceiling.json.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def main() -> None:
     p.add_argument("--labels", default="soft", choices=("soft", "hard"))
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--teacher-epochs", type=int, help="only to train a teacher (default: the grid's cached one)")
+    p.add_argument("--variants", nargs="+", default=["real", *VARIANTS], choices=["real", *VARIANTS],
+                   help="rows to score (default all; leave out real when the grid's table already has its cell)")
     args = p.parse_args()
     runs_dir = args.out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def main() -> None:
     rows: dict[str, list[float]] = {}
     for real in args.real:
         seed = int(real.name.rsplit("-seed", 1)[1].split("-")[0])
-        for variant in ("real", *VARIANTS):
+        for variant in args.variants:
             top1 = grid_record(real, args.labels, args.epochs, seed) if variant == "real" else None
             if top1 is None:  # score a copy (real) or the round trip; the grid's own runs are never written to
                 folder = write_variant(run, real, variant, runs_dir)

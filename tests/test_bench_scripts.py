@@ -104,6 +104,10 @@ def test_generator_ceiling_round_trips_real_runs_without_touching_them(tmp_path)
         assert len(pngs) == 20  # 10 classes x IPC 2, as in the real run
         assert [p.read_bytes() for p in pngs] != [p.read_bytes() for p in sorted((real / "images").rglob("*.png"))]
         assert json.loads((run / "eval" / "results.json").read_text())["records"][0]["epochs"] == 2
+    _run(str(BENCH / "generator_ceiling.py"), "--generator-run", str(grid / "runs" / "d3hr-ipc2-seed0"),
+         "--real", str(real), "--out", str(tmp_path / "ceiling"), "--epochs", "2", "--variants", "vae")
+    only = json.loads((tmp_path / "ceiling" / "ceiling.json").read_text())["results"]
+    assert set(only) == {"vae"} and only["vae"]["top1"] == table["vae"]["top1"]  # the scored folder, kept
     out = _run(str(BENCH / "teacher_agreement.py"), str(real), str(grid / "runs" / "d3hr-ipc2-seed0"))
     rows = [ln.split() for ln in out.splitlines() if ln.startswith(("random-real-ipc2", "d3hr-ipc2"))]
     assert len(rows) == 2 and all(r[1] == "20" and 0 <= float(r[2].rstrip("%")) <= 100 for r in rows)
