@@ -393,3 +393,30 @@ def test_gpu_campaign_script_runs_parts_and_carries_its_caches_to_the_next_call(
     trained = json.loads((tmp_path / "grid1" / "runs" / "base-rs-ipc1-seed0" / "stages.json").read_text())
     assert trained["generator"]["seconds"] > 0 and stages["generator"]["seconds"] == 0.0  # unpacked, not retrained
     assert stages["generator"]["sha256"] == trained["generator"]["sha256"]
+
+
+def test_set_diversity_on_known_sets(tmp_path):
+    """Pairwise pixel distance and pixel std: 0 for a class of duplicates, the hand-computed values for two images;
+    the script reads a real run folder and a training-set reference."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("set_diversity", BENCH / "set_diversity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    same = torch.full((3, 1, 2, 2), 200, dtype=torch.uint8)
+    assert mod.class_diversity(same, torch.zeros(3, dtype=torch.long)) == (0.0, 0.0)
+    two = torch.stack([torch.zeros(1, 2, 2), torch.full((1, 2, 2), 255.0)]).to(torch.uint8)  # 4 pixels 0 vs 1
+    dist, std = mod.class_diversity(two, torch.tensor([0, 0]))
+    assert dist == pytest.approx(2.0) and std == pytest.approx(2 ** -0.5)  # sqrt(4 x 1); std of (0, 1), ddof 1
+    with pytest.raises(ValueError):
+        mod.class_diversity(two, torch.tensor([0, 1]))  # no class with two images
+    picks = mod.real_draw(torch.tensor([0, 0, 0, 1, 1]), 2, seed=0)
+    assert sorted(int(i) < 3 for i in picks) == [False, False, True, True]
+    _run("-m", "d3hr", "distill", "--dataset", "digits", "--method", "random-real", "--ipc", "3",
+         "--out", str(tmp_path / "real"))
+    out = _run(str(BENCH / "set_diversity.py"), str(tmp_path / "real"), "--real", "3")
+    rows = [ln.split() for ln in out.splitlines()[1:]]
+    assert rows[0][:2] == ["real", "30"] and rows[1][-3] == "30"  # 10 classes x 3 images, both
+    assert all(float(r[-2]) > 0 and 0 < float(r[-1]) < 0.5 for r in rows)
