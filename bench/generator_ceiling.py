@@ -73,8 +73,18 @@ def grid_record(real: Path, labels: str, epochs: int, seed: int) -> float | None
     return found[0] if found else None
 
 
-def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
-    """OUT/<variant>-<real run name>: config and images of the round-tripped real run (kept when already there)."""
+def generator_stage(generator_run: Path) -> dict:
+    """The generator stage's record (key, path, weights sha256) of the run whose generator makes the round trips."""
+    path = generator_run / "stages.json"
+    stage = read_json(path).get("generator") if path.is_file() else None
+    if not stage or "sha256" not in stage:
+        raise SystemExit(f"{path}: no generator stage with the weights' sha256 (run the generator stage first)")
+    return stage
+
+
+def write_variant(run: Run, real: Path, variant: str, out: Path, stage: dict) -> Path:
+    """OUT/<variant>-<real run name>: config and images of the round-tripped real run (kept when already there).
+    The manifest carries the generator ``stage`` of a round trip, so its evaluation records name the weights."""
     name = re.sub(r"^[a-z-]+?-ipc", f"{variant}-ipc", real.name)
     dest = out / name
     if (dest / "images").is_dir():
@@ -93,7 +103,8 @@ def write_variant(run: Run, real: Path, variant: str, out: Path) -> Path:
                                         "ipc": manifest.get("ipc"),
                                         "classes": {str(i): n for i, n in enumerate(test.classes)},
                                         "class_folders": folders, "source": str(real),
-                                        "generator_run": str(run.root), "files": files})
+                                        "generator_run": str(run.root), "files": files,
+                                        **({} if variant == "real" else {"stages": {"generator": stage}})})
     tmp.rename(dest / "images")
     return dest
 
@@ -118,13 +129,14 @@ def main() -> None:
     if teachers.is_dir() and not (runs_dir / ".teachers").exists():
         os.symlink(teachers, runs_dir / ".teachers")  # a grid of earlier versions kept its teacher beside its runs
     run = Run(load_config(args.generator_run / "config.yaml"))
+    stage = generator_stage(args.generator_run)
     rows: dict[str, list[float]] = {}
     for real in args.real:
         seed = int(real.name.rsplit("-seed", 1)[1].split("-")[0])
         for variant in args.variants:
             top1 = grid_record(real, args.labels, args.epochs, seed) if variant == "real" else None
             if top1 is None:  # score a copy (real) or the round trip; the grid's own runs are never written to
-                folder = write_variant(run, real, variant, runs_dir)
+                folder = write_variant(run, real, variant, runs_dir, stage)
                 res = evaluate(folder, labels=args.labels, seeds=[seed], epochs=args.epochs,
                                teacher_epochs=args.teacher_epochs)
                 top1 = res["records"][0]["top1"]
@@ -140,7 +152,8 @@ def main() -> None:
     write_json(args.out / "ceiling.json", {"labels": args.labels, "epochs": args.epochs, "inversion_steps": k,
                                             "generator_run": str(args.generator_run),
                                             "real_runs": [str(r) for r in args.real], "results": table,
-                                            "generator": read_json(args.generator_run / "generator.json")})
+                                            "generator": read_json(args.generator_run / "generator.json"),
+                                            "generator_sha256": stage["sha256"]})
     print(f"wrote {args.out / 'ceiling.json'}")
 
 

@@ -53,8 +53,13 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     print(f"{'set':<40} {'images':>6} {'pairwise L2':>11} {'pixel std':>9}")
+    data = None  # (dataset, root, resolution, channels) the runs share: the real reference is read at it
     for run in args.runs:
         cfg, test, manifest = open_run(run)
+        here = (cfg.data.name, cfg.data.root, cfg.data.resolution, cfg.data.channels)
+        if args.real and data is not None and here != data:
+            raise SystemExit(f"{run}: dataset {here} differs from the first run's {data}; --real needs one dataset")
+        data = here
         images, targets, _ = read_run_images(run, test, manifest)
         dist, std = class_diversity(images, targets)
         print(f"{run.name:<40} {len(images):>6} {dist:>11.3f} {std:>9.4f}")

@@ -94,7 +94,10 @@ def test_generator_ceiling_round_trips_real_runs_without_touching_them(tmp_path)
     out = _run(str(BENCH / "generator_ceiling.py"), "--generator-run", str(grid / "runs" / "d3hr-ipc2-seed0"),
                "--real", str(real), "--out", str(tmp_path / "ceiling"), "--epochs", "2")
     assert (real / "eval" / "results.json").read_bytes() == before  # the grid's record was reused, not rewritten
-    table = json.loads((tmp_path / "ceiling" / "ceiling.json").read_text())["results"]
+    ceiling = json.loads((tmp_path / "ceiling" / "ceiling.json").read_text())
+    weights = json.loads((grid / "runs" / "d3hr-ipc2-seed0" / "stages.json").read_text())["generator"]["sha256"]
+    assert ceiling["generator_sha256"] == weights
+    table = ceiling["results"]
     assert set(table) == {"real", "vae", "ddim"} and "ddim" in out
     first = json.loads(before)["records"][0]["top1"]
     assert table["real"]["top1"] == [100 * first]
@@ -103,7 +106,8 @@ def test_generator_ceiling_round_trips_real_runs_without_touching_them(tmp_path)
         pngs = sorted((run / "images").rglob("*.png"))
         assert len(pngs) == 20  # 10 classes x IPC 2, as in the real run
         assert [p.read_bytes() for p in pngs] != [p.read_bytes() for p in sorted((real / "images").rglob("*.png"))]
-        assert json.loads((run / "eval" / "results.json").read_text())["records"][0]["epochs"] == 2
+        record = json.loads((run / "eval" / "results.json").read_text())["records"][0]
+        assert record["epochs"] == 2 and record["generator_sha256"] == weights  # the round trip names its weights
     _run(str(BENCH / "generator_ceiling.py"), "--generator-run", str(grid / "runs" / "d3hr-ipc2-seed0"),
          "--real", str(real), "--out", str(tmp_path / "ceiling"), "--epochs", "2", "--variants", "vae")
     only = json.loads((tmp_path / "ceiling" / "ceiling.json").read_text())["results"]
