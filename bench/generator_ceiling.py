@@ -38,7 +38,7 @@ from d3hr.data.images import match_channels
 from d3hr.diffusion import ddim_invert, ddim_sample
 from d3hr.distillation.pipeline import Run
 from d3hr.evaluation.runner import evaluate, open_run, read_run_images
-from d3hr.runfolder import class_folder_names, save_class_pngs
+from d3hr.runfolder import RunFolder, class_folder_names, save_class_pngs
 from d3hr.utils.folders import claim
 from d3hr.utils.io import read_json, sha256_file, write_json
 
@@ -75,10 +75,9 @@ def grid_record(real: Path, labels: str, epochs: int, seed: int) -> float | None
 
 def generator_stage(generator_run: Path) -> dict:
     """The generator stage's record (key, path, weights sha256) of the run whose generator makes the round trips."""
-    path = generator_run / "stages.json"
-    stage = read_json(path).get("generator") if path.is_file() else None
+    stage = RunFolder(generator_run).state().get("generator")
     if not stage or "sha256" not in stage:
-        raise SystemExit(f"{path}: no generator stage with the weights' sha256 (run the generator stage first)")
+        raise SystemExit(f"{generator_run}: stages.json records no generator weights (run its generator stage first)")
     return stage
 
 
