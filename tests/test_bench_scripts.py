@@ -424,3 +424,12 @@ def test_set_diversity_on_known_sets(tmp_path):
     rows = [ln.split() for ln in out.splitlines()[1:]]
     assert rows[0][:2] == ["real", "30"] and rows[1][-3] == "30"  # 10 classes x 3 images, both
     assert all(float(r[-2]) > 0 and 0 < float(r[-1]) < 0.5 for r in rows)
+    # a second run read at another resolution: the real reference would be read at one of them, so --real refuses
+    shutil.copytree(tmp_path / "real", tmp_path / "real16")
+    cfg = tmp_path / "real16" / "config.yaml"
+    text = cfg.read_text()
+    assert "resolution: 8\n" in text
+    cfg.write_text(text.replace("resolution: 8\n", "resolution: 16\n"))
+    bad = subprocess.run([sys.executable, str(BENCH / "set_diversity.py"), str(tmp_path / "real"),
+                          str(tmp_path / "real16"), "--real", "3"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--real needs one dataset" in bad.stderr and "real16" in bad.stderr
