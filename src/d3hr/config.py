@@ -165,6 +165,10 @@ class StatsConfig:
     # toward the diagonal, correlations times (1 - rho): auto (Oracle Approximating Shrinkage on the correlation
     # matrix, Chen et al. 2010) | a fixed rho in [0, 1], e.g. 0.1; ignored by diag
     shrinkage: str = "auto"
+    # full / lowrank:R: the inverted latents kept per class to fit the model (lowrank's directions, the whitened
+    # skewness): auto (all of them while they fit d3hr.distillation.covariance.MEMORY_BUDGET, else the most per
+    # class that does, in the seeded visiting order) | N >= 2 (at most N per class); ignored by diag
+    kept_per_class: int | str = "auto"
 
 
 @dataclass
@@ -464,7 +468,10 @@ def validate(cfg: Config) -> None:
     d, s = cfg.diffusion, cfg.select
     covariance_form(cfg.stats.covariance)  # each raises its own one-line error
     shrinkage_value(cfg.stats.shrinkage)
+    kept = cfg.stats.kept_per_class
     checks = [
+        (kept == "auto" or (isinstance(kept, int) and not isinstance(kept, bool) and kept >= 2),
+         f"stats.kept_per_class must be auto or an integer >= 2, got {kept!r}"),
         (s.method != "full", "select.method 'full' is the whole training set, not a distilled set: "
                              "d3hr distill does not make it"),
         (s.ipc >= 1, f"select.ipc must be >= 1, got {s.ipc}"),

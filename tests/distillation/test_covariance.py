@@ -199,15 +199,45 @@ def test_not_positive_definite_covariances_are_refused_naming_the_class():
     assert "class 'bag'" in _one_line(exc) and "dimension 3 has variance 0" in str(exc.value)
 
 
-def test_accumulators_over_the_memory_budget_are_refused_before_inversion(monkeypatch):
+def test_accumulators_over_the_memory_budget_are_refused_or_capped_before_inversion(monkeypatch):
     with pytest.raises(D3HRError) as exc:  # ImageNet: D = 4096, 1000 classes
         check_fits("full", dim=4096, num_classes=1000, images=300_000, levels=1)
     assert "use stats.covariance=lowrank:R" in _one_line(exc)
-    with pytest.raises(D3HRError) as exc:
-        check_fits("lowrank:64", dim=4096, num_classes=1000, images=1_281_167, levels=1)
-    assert "set invert.per_class to at most 524" in _one_line(exc)
+    # lowrank at ImageNet scale: the kept latents are capped at what fits 8 GB, 2^33 / (4096 x 4 x 1000) = 524
+    assert check_fits("lowrank:64", dim=4096, num_classes=1000, images=1_281_167, levels=1) == 524
+    assert check_fits("lowrank:64", dim=4096, num_classes=1000, images=1_281_167, levels=2) == 262
+    assert check_fits("lowrank:16", dim=256, num_classes=10, images=60_000, levels=1) is None  # all fit: no cap
+    assert check_fits("lowrank:16", dim=256, num_classes=10, images=60_000, levels=1, kept_per_class=40) == 40
+    with pytest.raises(D3HRError) as exc:  # an explicit cap that does not fit
+        check_fits("lowrank:64", dim=4096, num_classes=1000, images=1_281_167, levels=1, kept_per_class=600)
+    assert "stats.kept_per_class=600" in _one_line(exc) and "at most 524 fit" in str(exc.value)
     monkeypatch.setattr(cv, "MEMORY_BUDGET", 1000)
-    check_fits("diag", dim=4096, num_classes=1000, images=1_281_167, levels=1)  # diag keeps nothing
+    assert check_fits("diag", dim=4096, num_classes=1000, images=1_281_167, levels=1) is None  # diag keeps nothing
+    with pytest.raises(D3HRError, match="not even 2 inverted latents per class"):
+        check_fits("lowrank:4", dim=4096, num_classes=1000, images=1_281_167, levels=1)
+    for bad in (1, "some", 2.5):
+        with pytest.raises(D3HRError, match="stats.kept_per_class must be auto or an integer >= 2"):
+            d3hr.load_config(None, [{"stats": {"kept_per_class": bad}}])
+
+
+def test_capped_stream_keeps_the_first_latents_of_each_class_whatever_the_batch_size():
+    x, _ = _correlated(90, 8, 8)
+    y = torch.tensor([0, 0, 1, 2, 0, 1] * 15)  # class 0 has 45 images, 1 and 2 have 30 and 15
+
+    def kept(batch: int, cap: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        js = JointStream.start("lowrank:2", [6], 3, 8, cap)
+        for b in range(0, 90, batch):
+            js.add(JointStream.batch(js.form, y[b : b + batch], [x[b : b + batch].float()]))
+        return js.kept(6)
+
+    labels, z = kept(7, 20)
+    assert torch.bincount(labels).tolist() == [20, 20, 15]  # the cap, or the whole class when smaller
+    first = torch.cat([(y == c).nonzero().flatten()[: min(20, int((y == c).sum()))] for c in range(3)]).sort().values
+    assert torch.equal(z, x[first].float())  # the first of each class, in visiting order
+    for batch in (1, 13, 90):
+        other = kept(batch, 20)
+        assert torch.equal(other[0], labels) and torch.equal(other[1], z)
+    assert len(kept(13, None)[0]) == 90
 
 
 def test_damaged_factors_are_refused_naming_the_class():
@@ -246,6 +276,10 @@ def test_covariance_enters_the_invert_key_only_when_not_diag():
     assert key() == key(covariance="diag", shrinkage="0.5") == before
     keys = {key(covariance="full"), key(covariance="full", shrinkage="0.1"), key(covariance="lowrank:4"), before}
     assert len(keys) == 4
+    # the kept-latents cap: auto keeps the keys above (its cap follows from them), a number changes them
+    assert key(covariance="lowrank:4", kept_per_class="auto") == key(covariance="lowrank:4")
+    assert key(covariance="lowrank:4", kept_per_class=50) not in keys
+    assert key(kept_per_class=50) == before  # diag keeps no latents
 
 
 def test_joint_stream_resumes_from_its_partial_tensors_to_the_same_bits(tmp_path):
@@ -253,12 +287,12 @@ def test_joint_stream_resumes_from_its_partial_tensors_to_the_same_bits(tmp_path
     y = torch.arange(120) % 3
     classes = ["a", "b", "c"]
 
-    def stream(form: str, stop: int | None) -> JointStream:
-        js = JointStream.start(form, [6], 3, 8)
+    def stream(form: str, stop: int | None, cap: int | None = None) -> JointStream:
+        js = JointStream.start(form, [6], 3, 8, cap)
         for b in range(0, 120, 20):
             if b == stop:  # what a killed run left: write the partial, read it back, go on
                 save_tensors(tmp_path / "p.safetensors", js.tensors(), {"key": "k"})
-                js = JointStream.from_tensors(form, [6], load_tensors(tmp_path / "p.safetensors")[0])
+                js = JointStream.from_tensors(form, [6], load_tensors(tmp_path / "p.safetensors")[0], 3, cap)
             js.add(JointStream.batch(js.form, y[b : b + 20], [x[b : b + 20].float()]))
         return js
 
@@ -266,21 +300,28 @@ def test_joint_stream_resumes_from_its_partial_tensors_to_the_same_bits(tmp_path
         a, _ = fit(stream(form, None), 6, form, "auto", classes)
         b, rec = fit(stream(form, 60), 6, form, "auto", classes)
         assert a.keys() == b.keys() and all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
-        assert rec["covariance"] == form and rec["kept_images"] == 120
+        assert rec["covariance"] == form and rec["kept_images"] == 120 and rec["kept_per_class"] is None
+        a, _ = fit(stream(form, None, 25), 6, form, "auto", classes)  # capped: resumed mid-way to the same bits
+        b, rec = fit(stream(form, 60, 25), 6, form, "auto", classes)
+        assert all(a[k].numpy().tobytes() == b[k].numpy().tobytes() for k in a)
+        assert rec["kept_images"] == 75 and rec["kept_per_class"] == 25
 
 
 # ----- tiny digits runs --------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("form", ["full", "lowrank:4"])
-def test_digits_run_with_a_covariance_writes_images_and_records_the_form(tmp_path, form):
+@pytest.mark.parametrize("form,cap", [("full", None), ("lowrank:4", None), ("lowrank:4", 6)])
+def test_digits_run_with_a_covariance_writes_images_and_records_the_form(tmp_path, form, cap):
+    kept = [f"stats.kept_per_class={cap}"] if cap else []
     cfg = d3hr.load_config(None, [nest(*parse_override(s)) for s in
-                                  [*FAST_TRAIN, "select.ipc=2", f"stats.covariance={form}"]])
+                                  [*FAST_TRAIN, "select.ipc=2", f"stats.covariance={form}", *kept]])
     cfg.out = str(tmp_path / "run")
     d3hr.distill(cfg)
     run = tmp_path / "run"
     assert len(list((run / "images").rglob("*.png"))) == 20
     stages = json.loads((run / "stages.json").read_text())
     assert stages["invert"]["covariance"] == form and stages["select"]["covariance"] == form
-    assert stages["invert"]["covariance_fit"]["kept_images"] == stages["invert"]["images"]
+    fitted = stages["invert"]["covariance_fit"]
+    assert fitted["kept_per_class"] == cap
+    assert fitted["kept_images"] == (stages["invert"]["images"] if cap is None else 10 * cap)
     tensors, meta = load_tensors(run / "stats.safetensors")
     assert meta["covariance"] == form
     num_classes, dim = tensors["mean"].shape

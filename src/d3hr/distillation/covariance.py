@@ -37,8 +37,11 @@ with no correlations (s = 0) L = diag(sqrt(r)) and x = mu + sigma * z as in diag
 
 Whitened skewness. The skewness of w = L^-1 (x - mu) needs L, known only after the last image: inversion keeps
 the inverted latents on rank 0 (n_c x D float32 per class and level, ``JointStream``) and measures it at the end.
-``check_fits`` refuses, before any inversion, a run whose kept latents (and, for full, co-moments) would exceed
-MEMORY_BUDGET, naming invert.per_class.
+When they would exceed MEMORY_BUDGET (ImageNet: D = 4096, 1000 classes, 1,250+ images a class at IPC 50 under the
+default rule, 20 GB) only the first ``stats.kept_per_class`` of each class in the seeded visiting order are kept
+(by default the most that fit: 524 a class there), a random subsample on which lowrank's directions and the
+whitened skewness are fitted; the streamed moments and full's co-moments still see every image. ``check_fits``
+refuses, before any inversion, full co-moments over the budget and an explicit cap that does not fit.
 """
 
 from __future__ import annotations
@@ -69,12 +72,18 @@ def storage_bytes(form: str, rank: int | None, dim: int, num_classes: int) -> in
     return 4 * num_classes * per_class
 
 
-def check_fits(text: str, dim: int, num_classes: int, images: int, levels: int) -> None:
-    """Refuse, before inversion, R >= D and accumulators over MEMORY_BUDGET: the kept latents (images x D float32
-    per level) and, for full, the co-moments (C x D x D float64 per level). One-line errors naming the value."""
+def check_fits(text: str, dim: int, num_classes: int, images: int, levels: int,
+               kept_per_class: int | str = "auto") -> int | None:
+    """Before inversion: refuse R >= D and full co-moments over MEMORY_BUDGET (C x D x D float64 per level), and
+    return the cap on the inverted latents kept per class (images x D float32 per level), None for all of them.
+
+    ``kept_per_class`` auto keeps every latent while they fit the budget (``images`` is the most the inversion plan
+    can visit) and otherwise the most per class that fits: the class models are then fitted on the first that many
+    images of each class in the plan's seeded visiting order (a random subsample; the streamed moments still see
+    every image). An integer N caps at N per class and must itself fit. One-line errors naming the value."""
     form, rank = covariance_form(text)
     if form == "diag":
-        return
+        return None
     if form == "lowrank" and rank >= dim:
         raise D3HRError(f"stats.covariance={text} needs R < D = {dim} (the latent's dimensions), got R = {rank}")
     gb = 2.0**30
@@ -83,12 +92,21 @@ def check_fits(text: str, dim: int, num_classes: int, images: int, levels: int) 
         raise D3HRError(f"stats.covariance=full streams {num_classes} x {dim} x {dim} float64 co-moments per level "
                         f"({comoments / gb:.1f} GB), over the {MEMORY_BUDGET / gb:.0f} GB budget; use "
                         "stats.covariance=lowrank:R")
-    kept = images * dim * 4 * levels
-    if comoments + kept > MEMORY_BUDGET:
-        cap = max(0, (MEMORY_BUDGET - comoments) // (dim * 4 * levels * num_classes))
-        raise D3HRError(f"stats.covariance={text} keeps the inverted latents of up to {images} images for the "
-                        f"whitened skewness ({(comoments + kept) / gb:.1f} GB with its co-moments), over the "
-                        f"{MEMORY_BUDGET / gb:.0f} GB budget: set invert.per_class to at most {cap}")
+    per_image = dim * 4 * levels
+    fits = (MEMORY_BUDGET - comoments) // (per_image * num_classes)  # latents per class within the budget
+    if kept_per_class != "auto":
+        cap = int(kept_per_class)
+        if comoments + min(images, cap * num_classes) * per_image > MEMORY_BUDGET:
+            raise D3HRError(f"stats.kept_per_class={cap} keeps up to {cap * num_classes} latents of D = {dim} "
+                            f"({(comoments + cap * num_classes * per_image) / gb:.1f} GB with the co-moments), "
+                            f"over the {MEMORY_BUDGET / gb:.0f} GB budget: at most {fits} fit")
+        return cap
+    if comoments + images * per_image <= MEMORY_BUDGET:
+        return None
+    if fits < 2:
+        raise D3HRError(f"stats.covariance={text}: not even 2 inverted latents per class of D = {dim} fit the "
+                        f"{MEMORY_BUDGET / gb:.0f} GB budget for {num_classes} classes")
+    return int(fits)
 
 
 # ----- streaming co-moments ---------------------------------------------------------------------------------------
@@ -318,14 +336,16 @@ class JointStream:
     form: str
     dim: int
     comoments: dict[int, CoMoments]  # level -> (C, D, D); full only
-    labels: list[torch.Tensor]  # per batch (B,) int64
-    latents: dict[int, list[torch.Tensor]]  # level -> per batch (B, D) float32
+    labels: list[torch.Tensor]  # per batch (B,) int64, the kept latents' classes
+    latents: dict[int, list[torch.Tensor]]  # level -> per batch (B', D) float32, the kept ones
+    cap: int | None = None  # at most this many latents kept per class (check_fits), the first in batch order
+    counts: torch.Tensor | None = None  # (C,) int64 latents kept so far per class
 
     @classmethod
-    def start(cls, text: str, levels: list[int], num_classes: int, dim: int) -> JointStream:
+    def start(cls, text: str, levels: list[int], num_classes: int, dim: int, cap: int | None = None) -> JointStream:
         form, _ = covariance_form(text)
         cm = {k: CoMoments.zeros(num_classes, dim) for k in levels} if form == "full" else {}
-        return cls(form, dim, cm, [], {k: [] for k in levels})
+        return cls(form, dim, cm, [], {k: [] for k in levels}, cap, torch.zeros(num_classes, dtype=torch.long))
 
     @staticmethod
     def batch(form: str, labels: torch.Tensor, zk: list[torch.Tensor]) -> tuple[Any, ...]:
@@ -338,11 +358,22 @@ class JointStream:
     def add(self, part: tuple[Any, ...]) -> None:
         """Fold in one batch's share (call in batch order)."""
         labels, flat, parts = part
-        self.labels.append(labels)
+        keep = self._keep(labels)
+        self.labels.append(labels[keep])
         for k, z in zip(self.latents, flat):
-            self.latents[k].append(z)
+            self.latents[k].append(z[keep])
         for k, p in zip(self.comoments, parts):
             self.comoments[k].update(p)
+
+    def _keep(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: which of a batch's latents are kept (all without a cap; else while their class has fewer than
+        ``cap``, counted in batch order, so the kept set does not depend on the batch size)."""
+        assert self.counts is not None
+        onehot = torch.nn.functional.one_hot(labels, len(self.counts))  # (B, C)
+        rank = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1 + self.counts[labels]  # (B,) position in its class
+        keep = torch.ones_like(labels, dtype=torch.bool) if self.cap is None else rank < self.cap
+        self.counts += onehot[keep].sum(dim=0)
+        return keep
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For the partial file: ``kept.labels``, ``kept.zk{k}`` and (full) the co-moments ``cov{k}.*``."""
@@ -354,11 +385,14 @@ class JointStream:
         return out
 
     @classmethod
-    def from_tensors(cls, text: str, levels: list[int], tensors: dict[str, torch.Tensor]) -> JointStream:
+    def from_tensors(cls, text: str, levels: list[int], tensors: dict[str, torch.Tensor], num_classes: int,
+                     cap: int | None = None) -> JointStream:
         form, _ = covariance_form(text)
         cm = {k: CoMoments.from_tensors(tensors, f"cov{k}") for k in levels} if form == "full" else {}
         dim = tensors[f"kept.zk{levels[0]}"].shape[1]
-        return cls(form, dim, cm, [tensors["kept.labels"]], {k: [tensors[f"kept.zk{k}"]] for k in levels})
+        labels = tensors["kept.labels"]
+        counts = torch.bincount(labels, minlength=num_classes)
+        return cls(form, dim, cm, [labels], {k: [tensors[f"kept.zk{k}"]] for k in levels}, cap, counts)
 
     def kept(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """labels (N,) and latents (N, D) float32 of the images inverted so far."""
@@ -397,5 +431,6 @@ def fit(stream: JointStream, level: int, text: str, shrinkage: str, classes: lis
     rho_t = torch.tensor(rhos, dtype=torch.float64)
     record = {"covariance": text, "shrinkage": shrinkage, "rho_min": round(float(rho_t.min()), 4),
               "rho_mean": round(float(rho_t.mean()), 4), "rho_max": round(float(rho_t.max()), 4),
-              "kept_images": len(labels), "storage_mb": round(storage_bytes(form, rank, dim, num_classes) / 1e6, 3)}
+              "kept_images": len(labels), "kept_per_class": stream.cap,
+              "storage_mb": round(storage_bytes(form, rank, dim, num_classes) / 1e6, 3)}
     return tensors, record

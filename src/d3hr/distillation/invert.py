@@ -65,6 +65,8 @@ def stage_key(ctx: Context, previous: str | None) -> str:
     s = ctx.cfg.stats
     if s.covariance != "diag":
         fields["covariance"] = {"form": s.covariance, "shrinkage": s.shrinkage}
+        if s.kept_per_class != "auto":  # auto's cap follows from the key's generator, data and plan
+            fields["covariance"]["kept_per_class"] = s.kept_per_class
     return sha256_json(fields)
 
 
@@ -127,19 +129,23 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
     plan = make_plan(ds.targets, num_classes, v.per_class, v.tolerance, v.check_every, order_seed(ctx),
                      ctx.cfg.select.ipc)
     cov = ctx.cfg.stats.covariance
-    check_fits(cov, dim, num_classes, plan.max_images, len(levs))
+    cap = check_fits(cov, dim, num_classes, plan.max_images, len(levs), ctx.cfg.stats.kept_per_class)
+    if cap is not None and ctx.cfg.stats.kept_per_class == "auto":
+        say(f"[invert] stats.covariance={cov}: the latents of up to {plan.max_images} images do not fit the memory "
+            f"budget; the class models are fitted on the first {cap} of each class in the seeded visiting order "
+            "(stats.kept_per_class)")
     form = covariance_form(cov)[0]
     partial = ctx.root / STATS_PARTIAL
     m0 = Moments.zeros(num_classes, dim)
     mk = {k: Moments.zeros(num_classes, dim) for k in levs}
-    joint = JointStream.start(cov, levs, num_classes, dim) if form != "diag" and ctx.world.is_main else None
+    joint = JointStream.start(cov, levs, num_classes, dim, cap) if form != "diag" and ctx.world.is_main else None
     state = {"round": 0, "next_batch": 0, "active": list(range(num_classes))}
     if ctx.world.is_main and partial.is_file():
         tensors, meta = load_tensors(partial)
         if meta.get("key") == key:
             m0 = Moments.from_tensors(tensors, "z0")
             mk = {k: Moments.from_tensors(tensors, f"zk{k}") for k in levs}
-            joint = JointStream.from_tensors(cov, levs, tensors) if joint is not None else None
+            joint = JointStream.from_tensors(cov, levs, tensors, num_classes, cap) if joint is not None else None
             state = {k: meta[k] for k in state}
             say(f"[invert] resuming at round {state['round']}, batch {state['next_batch']}")
     state = ctx.world.broadcast(state)
