@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 import d3hr
-from d3hr.config import nest, parse_override
+from d3hr.config import nest, parse_override, resolve_covariance
 from d3hr.distillation import covariance as cv
 from d3hr.distillation import invert
 from d3hr.distillation.covariance import (
@@ -280,6 +280,35 @@ def test_covariance_enters_the_invert_key_only_when_not_diag():
     assert key(covariance="lowrank:4", kept_per_class="auto") == key(covariance="lowrank:4")
     assert key(covariance="lowrank:4", kept_per_class=50) not in keys
     assert key(kept_per_class=50) == before  # diag keeps no latents
+    # auto: keyed as the form it resolves to at the run's IPC (diag below 50, so the keys of earlier versions)
+    assert key(covariance="auto") == before
+    at50 = [{"select": {"ipc": 50}}]
+
+    def key50(**stats):
+        cfg = d3hr.load_config(None, [*at50, {"stats": stats}])
+        return invert.stage_key(SimpleNamespace(cfg=cfg, data_identity=lambda: identity), "gen")
+
+    assert key50(covariance="auto") == key50(covariance="lowrank:16") != key50()
+
+
+def test_auto_covariance_resolves_by_ipc():
+    assert [resolve_covariance("auto", ipc) for ipc in (1, 10, 49, 50, 200)] == ["diag"] * 3 + ["lowrank:16"] * 2
+    assert [resolve_covariance(t, 50) for t in ("diag", "full", "lowrank:4")] == ["diag", "full", "lowrank:4"]
+    assert d3hr.load_config(None, [{"stats": {"covariance": "auto"}}]).stats.covariance == "auto"
+    with pytest.raises(D3HRError, match="lowrank:R with an integer R >= 1 or auto, got 'automatic'"):
+        d3hr.load_config(None, [{"stats": {"covariance": "automatic"}}])
+
+
+def test_digits_run_with_auto_covariance_at_ipc_50_draws_from_lowrank_16(tmp_path):
+    cfg = d3hr.load_config(None, [nest(*parse_override(s)) for s in
+                                  [*FAST_TRAIN, "select.ipc=50", "stats.covariance=auto", "select.candidates=32"]])
+    cfg.out = str(tmp_path / "run")
+    d3hr.distill(cfg)
+    run = tmp_path / "run"
+    stages = json.loads((run / "stages.json").read_text())
+    assert stages["invert"]["covariance"] == "lowrank:16" and stages["select"]["covariance"] == "lowrank:16"
+    assert "covariance: auto" in (run / "config.yaml").read_text()  # the rule is kept, its choice recorded
+    assert load_tensors(run / "stats.safetensors")[0]["lowrank_u"].shape[2] == 16
 
 
 def test_joint_stream_resumes_from_its_partial_tensors_to_the_same_bits(tmp_path):

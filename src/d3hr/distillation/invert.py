@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from d3hr.config import auto_levels, covariance_form
+from d3hr.config import AUTO_COVARIANCE, AUTO_COVARIANCE_MIN_IPC, auto_levels, covariance_form, resolve_covariance
 from d3hr.data import fit_to_model
 from d3hr.diffusion import DDIMGrid, ddim_invert_levels
 from d3hr.distillation.context import Context
@@ -63,11 +63,17 @@ def stage_key(ctx: Context, previous: str | None) -> str:
               "precision": d.precision, "batch_size": d.batch_size, "depth": depth, "subsample": plan,
               "seed": ctx.cfg.seed if d.encode == "sample" else None}
     s = ctx.cfg.stats
-    if s.covariance != "diag":
-        fields["covariance"] = {"form": s.covariance, "shrinkage": s.shrinkage}
+    form = covariance_text(ctx)
+    if form != "diag":  # auto: the form it resolves to, so that it shares statistics with that form
+        fields["covariance"] = {"form": form, "shrinkage": s.shrinkage}
         if s.kept_per_class != "auto":  # auto's cap follows from the key's generator, data and plan
             fields["covariance"]["kept_per_class"] = s.kept_per_class
     return sha256_json(fields)
+
+
+def covariance_text(ctx: Context) -> str:
+    """stats.covariance with auto resolved by the run's IPC (d3hr.config.resolve_covariance)."""
+    return resolve_covariance(ctx.cfg.stats.covariance, ctx.cfg.select.ipc)
 
 
 def order_seed(ctx: Context) -> int:
@@ -86,6 +92,9 @@ def run(ctx: Context, previous: str | None) -> str:
     returns the stage's key."""
     ctx.check_data(ipc=False)
     key = stage_key(ctx, previous)
+    if ctx.cfg.stats.covariance == "auto" and ctx.world.is_main:
+        say(f"[invert] stats.covariance=auto: {covariance_text(ctx)} at IPC {ctx.cfg.select.ipc} ("
+            f"{AUTO_COVARIANCE} from IPC {AUTO_COVARIANCE_MIN_IPC} on, diag below)")
     out = ctx.root / STATS
     cached = ctx.cache() / "stats" / f"{key[:16]}.safetensors"
     action = None
@@ -128,7 +137,7 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
     num_classes, dim, levs = len(ds.classes), int(np.prod(gen.latent_shape)), levels(ctx)
     plan = make_plan(ds.targets, num_classes, v.per_class, v.tolerance, v.check_every, order_seed(ctx),
                      ctx.cfg.select.ipc)
-    cov = ctx.cfg.stats.covariance
+    cov = covariance_text(ctx)
     cap = check_fits(cov, dim, num_classes, plan.max_images, len(levs), ctx.cfg.stats.kept_per_class)
     if cap is not None and ctx.cfg.stats.kept_per_class == "auto":
         say(f"[invert] stats.covariance={cov}: the latents of up to {plan.max_images} images do not fit the memory "
@@ -258,8 +267,9 @@ def stats_payload(ctx: Context, key: str, m0: Moments, mk: dict[int, Moments], p
                "z0.excess_kurtosis": m0.excess_kurtosis().float()}
     if joint is not None:
         s = ctx.cfg.stats
-        joint_tensors, extra["covariance_fit"] = fit(joint, k, s.covariance, s.shrinkage, ds.classes)
-        extra["covariance"] = s.covariance  # what select reads back from the metadata (absent: diag)
+        form = covariance_text(ctx)
+        joint_tensors, extra["covariance_fit"] = fit(joint, k, form, s.shrinkage, ds.classes)
+        extra["covariance"] = form  # what select reads back from the metadata (absent: diag)
         tensors.update(joint_tensors)
     meta = {"key": key, "classes": ds.classes, "latent_shape": list(ctx.generator().latent_shape),
             "inversion_steps": k, "num_steps": d.num_steps, "guidance_scale": d.guidance_scale,
