@@ -123,8 +123,8 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
     method, both label kinds) so that paired statistics grow part by part, the upper bound, IPC 1, IPC 10 again
     without augmentation (ARS), IPC 50 method by method, and the cross-architecture table at IPC 10.
     ``covariance``: D3HR with ``stats.covariance`` full and lowrank:16 beside the grid's diag cells (paired by
-    seed), the set quality of every method at IPC 10, and d3hr-herd (group sampling, then herding of the generated
-    pool on the teacher's features) beside them, at IPC 1, 10 and 50.
+    seed), the set quality of every method at IPC 10 (and of D3HR's forms at IPC 50), and d3hr-herd (group
+    sampling, then herding of the generated pool on the teacher's features) beside them, at IPC 1, 10 and 50.
     ``subsample``: how many images inversion needs and how deep (the subsampling issue), D3HR beside the grid's cells
     of the default rule and K = 31 (paired by seed): exact per-class caps 50, 100, 300, 1,000 and every image, and
     the rule at tolerance 0.3, at IPC 10 (each seed drawing its own subsample); every image and the rule at 0.3 at
@@ -158,6 +158,11 @@ def plan(name: str = "fashion-mnist") -> list[Part]:
                   for s in range(5)]
         parts += [Part(f"cov-ipc1-seed{s}", ("d3hr",), 1, (s,), sweep=forms) for s in range(5)]
         parts += [Part(f"cov-ipc50-seed{s}", ("d3hr",), 50, (s,), sweep=forms) for s in range(5)]
+        # whether the set quality explains the IPC 50 gain of the covariance forms (the hard-label cells, ~1 min a cell)
+        # (random real's IPC 50 cells were trained on the earlier machine, whose run folders are gone)
+        parts += [Part(f"metrics-ipc50-seed{s}", ("d3hr",), 50, (s,), ("dc",), metrics=True) for s in range(5)]
+        parts += [Part(f"cov-metrics-ipc50-seed{s}", ("d3hr",), 50, (s,), ("dc",), sweep=forms, metrics=True)
+                  for s in range(5)]
         parts += [Part(f"herd-ipc50-seed{s}", ("d3hr-herd",), 50, (s,)) for s in range(5)]  # pools of 500 per class
         return parts
     if name == "subsample":  # after the grid's D3HR cells of the same seeds (ipc10-seedS, ipc50-d3hr-seedS)
