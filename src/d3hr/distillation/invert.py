@@ -139,7 +139,7 @@ def _invert(ctx: Context, key: str, out: Path, cached: Path) -> None:
                      ctx.cfg.select.ipc)
     cov = covariance_text(ctx)
     cap = check_fits(cov, dim, num_classes, plan.max_images, len(levs), ctx.cfg.stats.kept_per_class)
-    if cap is not None and ctx.cfg.stats.kept_per_class == "auto":
+    if cap is not None and ctx.cfg.stats.kept_per_class == "auto" and ctx.world.is_main:
         say(f"[invert] stats.covariance={cov}: the latents of up to {plan.max_images} images do not fit the memory "
             f"budget; the class models are fitted on the first {cap} of each class in the seeded visiting order "
             "(stats.kept_per_class)")
