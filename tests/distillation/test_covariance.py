@@ -176,7 +176,7 @@ def test_rank_at_or_above_d_is_refused_naming_the_value():
         check_fits("lowrank:64", dim=64, num_classes=10, images=600, levels=1)
     assert "lowrank:64" in _one_line(exc) and "D = 64" in str(exc.value)
     check_fits("lowrank:63", dim=64, num_classes=10, images=600, levels=1)
-    with pytest.raises(D3HRError, match="lowrank:R with an integer R >= 1, got 'lowrank:0'"):
+    with pytest.raises(D3HRError, match="lowrank:R with an integer R >= 1 or auto, got 'lowrank:0'"):
         d3hr.load_config(None, [{"stats": {"covariance": "lowrank:0"}}])
     for bad in (1.5, "often", "nan"):
         with pytest.raises(D3HRError, match="stats.shrinkage must be auto or a number in"):
