@@ -338,8 +338,8 @@ class JointStream:
     comoments: dict[int, CoMoments]  # level -> (C, D, D); full only
     labels: list[torch.Tensor]  # per batch (B,) int64, the kept latents' classes
     latents: dict[int, list[torch.Tensor]]  # level -> per batch (B', D) float32, the kept ones
-    cap: int | None = None  # at most this many latents kept per class (check_fits), the first in batch order
-    counts: torch.Tensor | None = None  # (C,) int64 latents kept so far per class
+    cap: int | None  # at most this many latents kept per class (check_fits), the first in batch order; None: all
+    counts: torch.Tensor  # (C,) int64 latents kept so far per class (read only under a cap)
 
     @classmethod
     def start(cls, text: str, levels: list[int], num_classes: int, dim: int, cap: int | None = None) -> JointStream:
@@ -368,10 +368,11 @@ class JointStream:
     def _keep(self, labels: torch.Tensor) -> torch.Tensor:
         """(B,) bool: which of a batch's latents are kept (all without a cap; else while their class has fewer than
         ``cap``, counted in batch order, so the kept set does not depend on the batch size)."""
-        assert self.counts is not None
+        if self.cap is None:
+            return torch.ones_like(labels, dtype=torch.bool)
         onehot = torch.nn.functional.one_hot(labels, len(self.counts))  # (B, C)
         rank = (onehot.cumsum(dim=0) * onehot).sum(dim=1) - 1 + self.counts[labels]  # (B,) position in its class
-        keep = torch.ones_like(labels, dtype=torch.bool) if self.cap is None else rank < self.cap
+        keep = rank < self.cap
         self.counts += onehot[keep].sum(dim=0)
         return keep
 
